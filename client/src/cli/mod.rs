@@ -1,0 +1,186 @@
+//! The `jobctl` command: parse, call, print, exit.
+
+mod args;
+mod error;
+mod render;
+
+use std::io::{self, Read as _, Write as _};
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use jobctl_client::Client;
+use serde_json::Value;
+
+use args::{Cli, Command, Output, PayloadSource};
+use error::CliError;
+
+/// What a command prints: its answer on stdout, and perhaps a note for
+/// people on stderr (such as the next page token).
+struct Printed {
+    stdout: String,
+    note: Option<String>,
+}
+
+impl Printed {
+    fn new(output: Output, human: impl FnOnce() -> String, json: impl FnOnce() -> Value) -> Self {
+        let stdout = match output {
+            Output::Human => human(),
+            Output::Json => format!("{}\n", json()),
+        };
+        Printed { stdout, note: None }
+    }
+}
+
+pub fn main() -> ExitCode {
+    // Prints help, version and usage errors itself, exiting 0 or 2.
+    let cli = Cli::parse();
+    match execute(cli) {
+        Ok(printed) => {
+            if let Some(note) = printed.note {
+                let _ = writeln!(io::stderr(), "{note}");
+            }
+            write_stdout(&printed.stdout)
+        }
+        Err(err) => {
+            let _ = writeln!(io::stderr(), "error: {}", err.one_line());
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+fn write_stdout(text: &str) -> ExitCode {
+    let mut stdout = io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`jobctl failed q | head`): not our failure.
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(err) => {
+            let _ = writeln!(io::stderr(), "error: cannot write the output: {err}");
+            ExitCode::from(error::code::OTHER)
+        }
+    }
+}
+
+fn execute(cli: Cli) -> Result<Printed, CliError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<Printed, CliError> {
+    let output = cli.output;
+    match cli.command {
+        Command::Submit(args) => {
+            // Check the flags before reading a payload or dialling.
+            args.options(Vec::new()).map_err(CliError::Usage)?;
+            let payload = read_payload(args.payload.source())?;
+            let options = args.options(payload).map_err(CliError::Usage)?;
+            let client = Client::connect(cli.server).await?;
+            let submitted = client.submit(options).await?;
+            Ok(Printed::new(
+                output,
+                || render::submitted_human(&submitted),
+                || render::submitted_json(&submitted),
+            ))
+        }
+        Command::Status { job_id } => {
+            let client = Client::connect(cli.server).await?;
+            let job = client
+                .status(&job_id)
+                .await
+                .map_err(CliError::about_job(&job_id))?;
+            Ok(Printed::new(
+                output,
+                || render::job_human(&job),
+                || render::job_json(&job),
+            ))
+        }
+        Command::Cancel { job_id, reason } => {
+            let client = Client::connect(cli.server).await?;
+            let answer = client
+                .cancel(&job_id, &reason)
+                .await
+                .map_err(CliError::about_job(&job_id))?;
+            Ok(Printed::new(
+                output,
+                || render::cancel_human(&job_id, answer.state, answer.cancel_requested),
+                || render::cancel_json(&job_id, answer.state, answer.cancel_requested),
+            ))
+        }
+        Command::Failed {
+            queue,
+            limit,
+            page_token,
+            all,
+        } => {
+            let client = Client::connect(cli.server).await?;
+            let mut token = page_token.unwrap_or_default();
+            let mut jobs = Vec::new();
+            loop {
+                let page = client
+                    .list_failed(&queue, limit.unwrap_or(0), &token)
+                    .await?;
+                jobs.extend(page.jobs);
+                token = page.next_page_token;
+                if !all || token.is_empty() {
+                    break;
+                }
+            }
+            let mut printed = Printed::new(
+                output,
+                || render::failed_table(&queue, &jobs),
+                || render::jobs_json(&jobs),
+            );
+            if !token.is_empty() {
+                printed.note = Some(format!("more: --page-token {token}"));
+            }
+            Ok(printed)
+        }
+        Command::Requeue { job_id } => {
+            let client = Client::connect(cli.server).await?;
+            let state = client
+                .requeue(&job_id)
+                .await
+                .map_err(CliError::about_job(&job_id))?;
+            Ok(Printed::new(
+                output,
+                || render::requeue_human(&job_id, state),
+                || render::requeue_json(&job_id, state),
+            ))
+        }
+        Command::Stats { queue } => {
+            let client = Client::connect(cli.server).await?;
+            let stats = client.queue_stats(&queue).await?;
+            Ok(Printed::new(
+                output,
+                || render::stats_human(&stats),
+                || render::stats_json(&stats),
+            ))
+        }
+    }
+}
+
+fn read_payload(source: PayloadSource) -> Result<Vec<u8>, CliError> {
+    match source {
+        PayloadSource::Empty => Ok(Vec::new()),
+        PayloadSource::Inline(bytes) => Ok(bytes),
+        PayloadSource::File(path) => std::fs::read(&path).map_err(|err| {
+            CliError::Input(format!(
+                "cannot read payload file '{}': {err}",
+                path.display()
+            ))
+        }),
+        PayloadSource::Stdin => {
+            let mut bytes = Vec::new();
+            io::stdin()
+                .read_to_end(&mut bytes)
+                .map_err(|err| CliError::Input(format!("cannot read payload from stdin: {err}")))?;
+            Ok(bytes)
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! [`Client`]: one connection to a jobctl server, shared by all calls.
+
+use std::time::Duration;
+
+use jobctl_proto::v1::{
+    self as pb, JobState, admin_service_client::AdminServiceClient,
+    job_service_client::JobServiceClient,
+};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{Error, Result};
+use crate::options::SubmitOptions;
+
+/// How long [`Client::connect`] and a lazy client's first call wait for the
+/// TCP connection before giving up.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client of the jobctl `JobService` and `AdminService`.
+///
+/// It wraps one tonic [`Channel`] (an HTTP/2 connection that reconnects by
+/// itself), so it is cheap to clone and clones share the connection. Calls
+/// take `&self` and may run concurrently.
+#[derive(Debug, Clone)]
+pub struct Client {
+    channel: Channel,
+}
+
+/// The answer to a submit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    /// The job's id, new or (when deduplicated) the earlier job's.
+    pub job_id: String,
+    /// True when the idempotency key was seen before and no new job was made.
+    pub deduplicated: bool,
+    /// The job's state right after the submit.
+    pub state: JobState,
+}
+
+impl Client {
+    /// Connects to `endpoint` (such as `http://127.0.0.1:50051`) and fails at
+    /// once if the server cannot be reached.
+    pub async fn connect(endpoint: impl Into<String>) -> Result<Client> {
+        let endpoint = endpoint.into();
+        let channel = parse_endpoint(&endpoint)?
+            .connect()
+            .await
+            .map_err(|source| Error::Transport { endpoint, source })?;
+        Ok(Client { channel })
+    }
+
+    /// A client that connects on its first call (and reconnects as needed);
+    /// fails only when `endpoint` is not a valid address.
+    pub fn connect_lazy(endpoint: impl Into<String>) -> Result<Client> {
+        let endpoint = endpoint.into();
+        Ok(Client {
+            channel: parse_endpoint(&endpoint)?.connect_lazy(),
+        })
+    }
+
+    /// A client over a channel configured by the caller (TLS, timeouts,
+    /// load balancing, interceptors in front of it, ...).
+    pub fn from_channel(channel: Channel) -> Client {
+        Client { channel }
+    }
+
+    /// The underlying channel.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// The generated `JobService` client on this client's connection, for
+    /// calls this type does not wrap (such as `WatchProgress`).
+    pub fn job_service(&self) -> JobServiceClient<Channel> {
+        JobServiceClient::new(self.channel.clone())
+    }
+
+    /// The generated `AdminService` client on this client's connection.
+    pub fn admin_service(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel.clone())
+    }
+
+    /// Enqueues a job and returns its id at once.
+    pub async fn submit(&self, options: SubmitOptions) -> Result<Submitted> {
+        let request = options.into_request()?;
+        let response = self.job_service().submit(request).await?.into_inner();
+        Ok(Submitted {
+            state: response.state(),
+            job_id: response.job_id,
+            deduplicated: response.deduplicated,
+        })
+    }
+
+    /// The job's state, progress, attempts and result or error.
+    pub async fn status(&self, job_id: &str) -> Result<pb::Job> {
+        let request = pb::GetStatusRequest {
+            job_id: job_id.to_owned(),
+        };
+        self.job_service()
+            .get_status(request)
+            .await?
+            .into_inner()
+            .job
+            .ok_or_else(|| Error::UnexpectedResponse("get status answered without a job".into()))
+    }
+
+    /// Cancels a queued job at once, or asks a running job's worker to stop
+    /// (then the answer is RUNNING with `cancel_requested`).
+    pub async fn cancel(&self, job_id: &str, reason: &str) -> Result<pb::CancelResponse> {
+        let request = pb::CancelRequest {
+            job_id: job_id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        Ok(self.job_service().cancel(request).await?.into_inner())
+    }
+
+    /// One page of a queue's FAILED jobs (dead letters), newest first.
+    /// `page_size` 0 asks for the server's default; `page_token` is empty for
+    /// the first page, then the previous page's `next_page_token`.
+    pub async fn list_failed(
+        &self,
+        queue: &str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<pb::ListFailedResponse> {
+        let request = pb::ListFailedRequest {
+            queue: queue.to_owned(),
+            page_size,
+            page_token: page_token.to_owned(),
+        };
+        Ok(self
+            .admin_service()
+            .list_failed(request)
+            .await?
+            .into_inner())
+    }
+
+    /// Puts a FAILED job back in its queue with a fresh set of attempts and
+    /// returns its new state.
+    pub async fn requeue(&self, job_id: &str) -> Result<JobState> {
+        let request = pb::RequeueRequest {
+            job_id: job_id.to_owned(),
+        };
+        Ok(self
+            .admin_service()
+            .requeue(request)
+            .await?
+            .into_inner()
+            .state())
+    }
+
+    /// The number of a queue's jobs in each state.
+    pub async fn queue_stats(&self, queue: &str) -> Result<pb::GetQueueStatsResponse> {
+        let request = pb::GetQueueStatsRequest {
+            queue: queue.to_owned(),
+        };
+        Ok(self
+            .admin_service()
+            .get_queue_stats(request)
+            .await?
+            .into_inner())
+    }
+
+    // Coming with the CLI's `watch`: a `watch(job_id, after_seq)` stream of
+    // `JobEvent`s that reconnects by itself and resumes after the last seq it
+    // delivered. Until then, use `job_service().watch_progress(..)`.
+}
+
+fn parse_endpoint(endpoint: &str) -> Result<Endpoint> {
+    Endpoint::from_shared(endpoint.to_owned())
+        .map(|e| e.connect_timeout(DEFAULT_CONNECT_TIMEOUT))
+        .map_err(|source| Error::InvalidEndpoint {
+            endpoint: endpoint.to_owned(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_malformed_address_is_refused_without_a_call() {
+        let err = Client::connect_lazy("not a uri").unwrap_err();
+        assert!(matches!(err, Error::InvalidEndpoint { .. }), "{err:?}");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_unavailable() {
+        // Port 1 on loopback: nothing listens there, so the dial is refused.
+        let err = Client::connect("http://127.0.0.1:1").await.unwrap_err();
+        assert!(matches!(err, Error::Transport { .. }), "{err:?}");
+        assert!(err.is_retryable());
+
+        let client = Client::connect_lazy("http://127.0.0.1:1").unwrap();
+        let err = client.status("x").await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    }
+}
