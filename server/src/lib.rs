@@ -1,1 +1,127 @@
-//! placeholder
+//! The jobctl server: the gRPC job lifecycle over Redis.
+//!
+//! [`serve`] runs the services on a listener until a shutdown future
+//! resolves; the `jobctl-server` binary wraps it with flags and signals.
+//! See ARCHITECTURE.md at the top of the repository for the map.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod maintenance;
+pub mod model;
+pub mod store;
+pub mod wake;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use jobctl_proto::v1::admin_service_server::AdminServiceServer;
+use jobctl_proto::v1::job_service_server::JobServiceServer;
+use jobctl_proto::v1::worker_service_server::WorkerServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::Error;
+
+use crate::api::{AdminApi, JobApi, Shared, WorkerApi};
+use crate::model::Validator;
+use crate::store::{RedisStore, StoreOptions};
+use crate::wake::WakeHub;
+
+/// Serves jobctl on `listener` until `shutdown` resolves, then stops
+/// accepting, ends long polls, lets in-flight calls finish (for at most
+/// `config.shutdown_grace`) and returns.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let url = config.redis_url.clone().ok_or_else(|| {
+        Error::Startup("no redis url: set --redis-url or JOBCTL_REDIS_URL".into())
+    })?;
+    let store = Arc::new(RedisStore::new(
+        &url,
+        StoreOptions {
+            key_prefix: config.key_prefix.clone(),
+            event_cap: config.limits.event_history_max,
+            idempotency_ttl: config.defaults.idempotency_ttl,
+        },
+    )?);
+    let stopping = CancellationToken::new();
+    let wake = Arc::new(WakeHub::default());
+    let maintenance_waker = Arc::new(maintenance::Waker::default());
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(wake.clone().run(
+        store.client().clone(),
+        store.keys().wake_channel(),
+        stopping.clone(),
+    ));
+    background.spawn(maintenance::run(
+        store.clone(),
+        config.maintenance_interval,
+        maintenance_waker.clone(),
+        stopping.clone(),
+    ));
+    let shared = Arc::new(Shared {
+        store,
+        validator: Validator {
+            limits: config.limits.clone(),
+            defaults: config.defaults.clone(),
+        },
+        wake,
+        maintenance: maintenance_waker,
+        shutdown: stopping.clone(),
+    });
+    // Requests above the largest payload a limit allows, plus headroom for
+    // the other fields, are refused by the transport.
+    let max_message = [
+        config.limits.max_payload_bytes,
+        config.limits.max_result_bytes,
+        config.limits.max_checkpoint_bytes,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0)
+        + (256 << 10);
+    let server = tonic::transport::Server::builder()
+        .add_service(
+            JobServiceServer::new(JobApi(shared.clone())).max_decoding_message_size(max_message),
+        )
+        .add_service(
+            WorkerServiceServer::new(WorkerApi(shared.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            AdminServiceServer::new(AdminApi(shared)).max_decoding_message_size(max_message),
+        )
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            stopping.clone().cancelled_owned(),
+        );
+    let mut server = tokio::spawn(server);
+    tokio::select! {
+        () = shutdown => {}
+        result = &mut server => {
+            stopping.cancel();
+            return match result {
+                Ok(r) => r.map_err(|e| Error::Startup(format!("grpc server: {e}"))),
+                Err(e) => Err(Error::Startup(format!("grpc server task: {e}"))),
+            };
+        }
+    }
+    tracing::info!("shutting down: no new calls, finishing in-flight ones");
+    stopping.cancel();
+    match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+        Ok(_) => tracing::info!("in-flight calls finished"),
+        Err(_) => {
+            tracing::warn!(grace = ?config.shutdown_grace, "in-flight calls cut off after the shutdown grace");
+            server.abort();
+        }
+    }
+    background.shutdown().await;
+    Ok(())
+}

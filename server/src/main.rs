@@ -1,1 +1,78 @@
-fn main() {}
+//! `jobctl-server`: flags, logging and signals around [`jobctl_server::serve`].
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use jobctl_server::Config;
+use jobctl_server::config::LogFormat;
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    init_logging(config.log_format);
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(error) => {
+            tracing::error!(%error, listen = %config.listen, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+    match &config.redis_url {
+        Some(_) => tracing::info!(key_prefix = %config.key_prefix, "state lives in redis"),
+        None => {
+            tracing::error!(
+                "no redis url: set --redis-url or JOBCTL_REDIS_URL (for a local try, scripts/run.sh starts one)"
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+    tracing::info!("authentication is off: every caller is in the \"default\" namespace");
+    // Tools and tests read the bound address from this line.
+    println!("jobctl-server listening on {addr}");
+    match jobctl_server::serve(config, listener, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! `jobctl.v1.JobService`: Submit, GetStatus, Cancel, WatchProgress.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use jobctl_proto::v1::{self, job_service_server::JobService};
+use tonic::{Request, Response, Status};
+
+use super::{Shared, job_id, namespace};
+
+/// Metadata kept with a job so the worker's span continues the submitter's trace.
+const TRACE_HEADERS: &[&str] = &["traceparent", "tracestate", "x-request-id"];
+const MAX_TRACE_HEADER_BYTES: usize = 512;
+
+pub struct JobApi(pub Arc<Shared>);
+
+fn trace_context<T>(request: &Request<T>) -> BTreeMap<String, String> {
+    TRACE_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let value = request.metadata().get(*name)?.to_str().ok()?;
+            (value.len() <= MAX_TRACE_HEADER_BYTES).then(|| ((*name).to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl JobService for JobApi {
+    async fn submit(
+        &self,
+        request: Request<v1::SubmitRequest>,
+    ) -> Result<Response<v1::SubmitResponse>, Status> {
+        let ns = namespace(&request);
+        let trace = trace_context(&request);
+        let job = self.0.validator.submit(request.into_inner(), trace)?;
+        let submitted = self.0.store.submit(ns, &job).await?;
+        if submitted.state == v1::JobState::Scheduled && !submitted.deduplicated {
+            let due_in = if job.delay_ms > 0 {
+                Duration::from_millis(job.delay_ms)
+            } else {
+                let at = std::time::UNIX_EPOCH + Duration::from_millis(job.run_at_ms);
+                at.duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default()
+            };
+            self.0.maintenance.wake_in(due_in);
+        }
+        tracing::debug!(job_id = %submitted.job_id, deduplicated = submitted.deduplicated, "submitted");
+        Ok(Response::new(v1::SubmitResponse {
+            job_id: submitted.job_id,
+            deduplicated: submitted.deduplicated,
+            state: submitted.state.into(),
+        }))
+    }
+
+    async fn get_status(
+        &self,
+        request: Request<v1::GetStatusRequest>,
+    ) -> Result<Response<v1::GetStatusResponse>, Status> {
+        let ns = namespace(&request);
+        let id = job_id(&request.get_ref().job_id)?;
+        let job = self.0.store.get(ns, &id).await?;
+        Ok(Response::new(v1::GetStatusResponse { job: Some(job) }))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<v1::CancelRequest>,
+    ) -> Result<Response<v1::CancelResponse>, Status> {
+        let ns = namespace(&request);
+        let req = request.get_ref();
+        let id = job_id(&req.job_id)?;
+        self.0.validator.message("reason", &req.reason)?;
+        let (state, cancel_requested) = self.0.store.cancel(ns, &id, &req.reason).await?;
+        tracing::info!(job_id = %id, state = state.as_str_name(), "cancel");
+        Ok(Response::new(v1::CancelResponse {
+            state: state.into(),
+            cancel_requested,
+        }))
+    }
+
+    type WatchProgressStream =
+        Pin<Box<dyn Stream<Item = Result<v1::WatchProgressResponse, Status>> + Send + 'static>>;
+
+    async fn watch_progress(
+        &self,
+        _request: Request<v1::WatchProgressRequest>,
+    ) -> Result<Response<Self::WatchProgressStream>, Status> {
+        Err(Status::unimplemented(
+            "WatchProgress is not served by this version; read GetStatus",
+        ))
+    }
+}

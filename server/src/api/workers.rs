@@ -1,0 +1,205 @@
+//! `jobctl.v1.WorkerService`: Lease, Heartbeat, Complete, Fail, Release.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::select_all;
+use jobctl_proto::v1::{self, worker_service_server::WorkerService};
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use super::{Shared, job_id, lease_token, namespace};
+use crate::error::Error;
+use crate::model::duration_ms;
+use crate::store::codec_timestamp;
+
+pub struct WorkerApi(pub Arc<Shared>);
+
+impl WorkerApi {
+    /// Leases from the queues in order until `max` jobs are found or all
+    /// were tried.
+    async fn lease_now(
+        &self,
+        ns: &str,
+        worker_id: &str,
+        queues: &[String],
+        max: usize,
+    ) -> Result<Vec<v1::LeasedJob>, Error> {
+        let mut jobs = Vec::new();
+        for queue in queues {
+            let want = max - jobs.len();
+            if want == 0 {
+                break;
+            }
+            jobs.extend(self.0.store.lease(ns, queue, worker_id, want).await?);
+        }
+        Ok(jobs)
+    }
+}
+
+#[tonic::async_trait]
+impl WorkerService for WorkerApi {
+    async fn lease(
+        &self,
+        request: Request<v1::LeaseRequest>,
+    ) -> Result<Response<v1::LeaseResponse>, Status> {
+        let ns = namespace(&request);
+        let req = request.into_inner();
+        let shared = &self.0;
+        let limits = &shared.validator.limits;
+        shared.validator.name("worker_id", &req.worker_id)?;
+        if req.queues.is_empty() || req.queues.len() > limits.max_lease_queues {
+            return Err(Error::InvalidArgument {
+                field: "queues",
+                reason: format!("name 1 to {} queues", limits.max_lease_queues),
+            }
+            .into());
+        }
+        for queue in &req.queues {
+            shared.validator.queue("queues", queue)?;
+        }
+        if req.max_jobs > limits.max_lease_batch {
+            return Err(Error::InvalidArgument {
+                field: "max_jobs",
+                reason: format!("must be at most {}", limits.max_lease_batch),
+            }
+            .into());
+        }
+        let max = req.max_jobs.max(1) as usize;
+        let wait = match &req.wait {
+            Some(d) => Duration::from_millis(duration_ms("wait", d)?).min(limits.max_lease_wait),
+            None => Duration::ZERO,
+        };
+        let deadline = Instant::now() + wait;
+        let notifiers: Vec<_> = req
+            .queues
+            .iter()
+            .map(|q| shared.wake.notifier(shared.store.keys().queue(ns, q).tag()))
+            .collect();
+        loop {
+            // Register for wake-ups before looking, so none is missed between.
+            let mut woken: Vec<_> = notifiers.iter().map(|n| Box::pin(n.notified())).collect();
+            for w in &mut woken {
+                w.as_mut().enable();
+            }
+            let jobs = self.lease_now(ns, &req.worker_id, &req.queues, max).await?;
+            if !jobs.is_empty() || Instant::now() >= deadline || shared.shutdown.is_cancelled() {
+                for job in &jobs {
+                    tracing::debug!(job_id = %job.job_id, worker_id = %req.worker_id, attempt = job.attempt, "leased");
+                }
+                return Ok(Response::new(v1::LeaseResponse { jobs }));
+            }
+            tokio::select! {
+                _ = select_all(woken) => {}
+                () = tokio::time::sleep_until(deadline) => {}
+                () = shared.shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let ns = namespace(&request);
+        let req = request.get_ref();
+        let id = job_id(&req.job_id)?;
+        let token = lease_token(&req.lease_token)?;
+        if let Some(p) = &req.progress {
+            self.0.validator.progress(p)?;
+        }
+        self.0.validator.checkpoint(req.checkpoint.as_ref())?;
+        let hb = self
+            .0
+            .store
+            .heartbeat(
+                ns,
+                &id,
+                token,
+                req.progress.as_ref(),
+                req.checkpoint.as_deref(),
+            )
+            .await?;
+        Ok(Response::new(v1::HeartbeatResponse {
+            cancel_requested: hb.cancel_requested,
+            cancel_reason: hb.cancel_reason,
+            lease_expires_at: codec_timestamp(hb.lease_expires_at_ms),
+        }))
+    }
+
+    async fn complete(
+        &self,
+        request: Request<v1::CompleteRequest>,
+    ) -> Result<Response<v1::CompleteResponse>, Status> {
+        let ns = namespace(&request);
+        let req = request.get_ref();
+        let id = job_id(&req.job_id)?;
+        let token = lease_token(&req.lease_token)?;
+        let v = &self.0.validator;
+        v.size("result", req.result.len(), v.limits.max_result_bytes)?;
+        let state = self.0.store.complete(ns, &id, token, &req.result).await?;
+        tracing::debug!(job_id = %id, "completed");
+        Ok(Response::new(v1::CompleteResponse {
+            state: state.into(),
+        }))
+    }
+
+    async fn fail(
+        &self,
+        request: Request<v1::FailRequest>,
+    ) -> Result<Response<v1::FailResponse>, Status> {
+        let ns = namespace(&request);
+        let req = request.get_ref();
+        let id = job_id(&req.job_id)?;
+        let token = lease_token(&req.lease_token)?;
+        let error = req.error.clone().unwrap_or_default();
+        self.0.validator.error(&error)?;
+        self.0.validator.checkpoint(req.checkpoint.as_ref())?;
+        let retry_after = match &req.retry_after {
+            Some(d) => Some(Duration::from_millis(duration_ms("retry_after", d)?)),
+            None => None,
+        };
+        let (state, retry_in) = self
+            .0
+            .store
+            .fail(
+                ns,
+                &id,
+                token,
+                &error,
+                req.retryable,
+                retry_after,
+                req.checkpoint.as_deref(),
+            )
+            .await?;
+        if let Some(after) = retry_in {
+            self.0.maintenance.wake_in(after);
+        }
+        tracing::info!(job_id = %id, state = state.as_str_name(), error = %error.message, "attempt failed");
+        let next_run_at = retry_in.map(|d| (std::time::SystemTime::now() + d).into());
+        Ok(Response::new(v1::FailResponse {
+            state: state.into(),
+            next_run_at,
+        }))
+    }
+
+    async fn release(
+        &self,
+        request: Request<v1::ReleaseRequest>,
+    ) -> Result<Response<v1::ReleaseResponse>, Status> {
+        let ns = namespace(&request);
+        let req = request.get_ref();
+        let id = job_id(&req.job_id)?;
+        let token = lease_token(&req.lease_token)?;
+        self.0.validator.checkpoint(req.checkpoint.as_ref())?;
+        let state = self
+            .0
+            .store
+            .release(ns, &id, token, req.checkpoint.as_deref())
+            .await?;
+        tracing::info!(job_id = %id, state = state.as_str_name(), "released");
+        Ok(Response::new(v1::ReleaseResponse {
+            state: state.into(),
+        }))
+    }
+}

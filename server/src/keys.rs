@@ -1,0 +1,188 @@
+//! Job ids and the Redis key layout.
+//!
+//! Every key of one queue shares the Redis Cluster hash tag
+//! `{<namespace>:<queue>}`, so each transition script touches one slot. A
+//! job id is `<queue>:<ulid>`, so a job's keys follow from its id and the
+//! caller's namespace alone:
+//!
+//! ```text
+//! <prefix>:{<ns>:<queue>}:job:<ulid>   hash    the job record
+//! <prefix>:{<ns>:<queue>}:ev:<ulid>    stream  its events, entry id <seq>-0
+//! <prefix>:{<ns>:<queue>}:ready        zset    QUEUED, by priority then FIFO
+//! <prefix>:{<ns>:<queue>}:sched        zset    SCHEDULED, by run time
+//! <prefix>:{<ns>:<queue>}:active       zset    RUNNING, by lease expiry
+//! <prefix>:{<ns>:<queue>}:dead         zset    FAILED (dead letters), by failure time
+//! <prefix>:{<ns>:<queue>}:done         zset    every finished job, by expiry time
+//! <prefix>:{<ns>:<queue>}:seq          string  FIFO counter of the ready set
+//! <prefix>:{<ns>:<queue>}:idem:<key>   hash    an idempotency key's job and request hash
+//! <prefix>:queues                      set     every "<ns>:<queue>" (for the reaper)
+//! <prefix>:wake                        channel "<ns>:<queue>" when work is ready
+//! ```
+
+use std::fmt;
+
+use crate::error::Error;
+
+/// Is `name` a valid queue name or namespace: 1 or more of `[A-Za-z0-9_.-]`.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// A job id: the job's queue and a ULID.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct JobId {
+    queue: String,
+    ulid: ulid::Ulid,
+}
+
+impl JobId {
+    /// A new id in `queue`.
+    pub fn new(queue: &str) -> Self {
+        JobId {
+            queue: queue.to_owned(),
+            ulid: ulid::Ulid::new(),
+        }
+    }
+
+    /// Reads an id; anything that is not one is an unknown job.
+    pub fn parse(id: &str) -> Result<Self, Error> {
+        let not_found = || Error::NotFound(id.chars().take(200).collect());
+        let (queue, ulid) = id.rsplit_once(':').ok_or_else(not_found)?;
+        if !is_valid_name(queue) {
+            return Err(not_found());
+        }
+        let ulid = ulid::Ulid::from_string(ulid).map_err(|_| not_found())?;
+        Ok(JobId {
+            queue: queue.to_owned(),
+            ulid,
+        })
+    }
+
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.queue, self.ulid)
+    }
+}
+
+/// Names of the keys and channels under one prefix.
+#[derive(Clone, Debug)]
+pub struct Keyspace {
+    prefix: String,
+}
+
+impl Keyspace {
+    pub fn new(prefix: &str) -> Self {
+        Keyspace {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The keys of one queue of one namespace.
+    pub fn queue(&self, ns: &str, queue: &str) -> QueueKeys {
+        QueueKeys {
+            base: format!("{}:{{{ns}:{queue}}}:", self.prefix),
+            tag: format!("{ns}:{queue}"),
+        }
+    }
+
+    /// The set of every known `<ns>:<queue>`.
+    pub fn registry(&self) -> String {
+        format!("{}:queues", self.prefix)
+    }
+
+    /// The channel that says a queue has ready work.
+    pub fn wake_channel(&self) -> String {
+        format!("{}:wake", self.prefix)
+    }
+}
+
+/// The keys of one queue (all sharing one hash tag).
+#[derive(Clone, Debug)]
+pub struct QueueKeys {
+    base: String,
+    tag: String,
+}
+
+impl QueueKeys {
+    /// `<ns>:<queue>`: the hash tag's content, the registry member and the
+    /// wake message.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+    pub fn ready(&self) -> String {
+        format!("{}ready", self.base)
+    }
+    pub fn sched(&self) -> String {
+        format!("{}sched", self.base)
+    }
+    pub fn active(&self) -> String {
+        format!("{}active", self.base)
+    }
+    pub fn dead(&self) -> String {
+        format!("{}dead", self.base)
+    }
+    pub fn done(&self) -> String {
+        format!("{}done", self.base)
+    }
+    pub fn seq(&self) -> String {
+        format!("{}seq", self.base)
+    }
+    pub fn idempotency(&self, key: &str) -> String {
+        format!("{}idem:{key}", self.base)
+    }
+    /// The record of the job `id` (which must be of this queue).
+    pub fn job(&self, id: &JobId) -> String {
+        format!("{}job:{}", self.base, id.ulid)
+    }
+    /// The event history of the job `id`.
+    pub fn events(&self, id: &JobId) -> String {
+        format!("{}ev:{}", self.base, id.ulid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_id_round_trips_and_names_keys_with_one_hash_tag() {
+        let id = JobId::new("emails");
+        let parsed = JobId::parse(&id.to_string()).expect("valid id");
+        assert_eq!(parsed, id);
+        let keys = Keyspace::new("jobctl").queue("default", parsed.queue());
+        for key in [
+            keys.job(&id),
+            keys.events(&id),
+            keys.ready(),
+            keys.idempotency("k"),
+        ] {
+            assert!(key.starts_with("jobctl:{default:emails}:"), "{key}");
+        }
+    }
+
+    #[test]
+    fn malformed_ids_are_not_found() {
+        for bad in [
+            "",
+            ":",
+            "emails",
+            "emails:",
+            "emails:nope",
+            "a b:01ARZ3NDEKTSV4RRFFQ69G5FAV",
+            "{x}:01ARZ3NDEKTSV4RRFFQ69G5FAV",
+        ] {
+            assert!(
+                matches!(JobId::parse(bad), Err(Error::NotFound(_))),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The maintenance loop each replica runs: promote due scheduled jobs, reap
+//! expired leases, delete finished jobs past their retention.
+//!
+//! Every replica may run it at once: each script re-checks each job on
+//! Redis's clock, so a job is handled once whoever gets there first. It
+//! wakes every `interval`, or sooner when a job is due sooner.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::RedisStore;
+
+/// Asks the maintenance loop to run earlier (a job was scheduled soon).
+#[derive(Debug)]
+pub struct Waker {
+    next: Mutex<Instant>,
+    notify: Notify,
+}
+
+impl Default for Waker {
+    fn default() -> Self {
+        Waker {
+            next: Mutex::new(Instant::now()),
+            notify: Notify::new(),
+        }
+    }
+}
+
+impl Waker {
+    fn next(&self) -> std::sync::MutexGuard<'_, Instant> {
+        self.next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs the next pass no later than `after` from now.
+    pub fn wake_in(&self, after: Duration) {
+        let at = Instant::now() + after;
+        let mut next = self.next();
+        if at < *next {
+            *next = at;
+            self.notify.notify_one();
+        }
+    }
+}
+
+/// Runs passes until `shutdown`.
+pub async fn run(
+    store: Arc<RedisStore>,
+    interval: Duration,
+    waker: Arc<Waker>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let mut sleep = interval;
+        match store.queues().await {
+            Ok(queues) => {
+                for (ns, queue) in queues {
+                    match store.maintain(&ns, &queue).await {
+                        Ok(done) => {
+                            if let Some(ms) = done.next_due_in_ms {
+                                sleep = sleep.min(Duration::from_millis(ms.max(1)));
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, namespace = %ns, %queue, "maintenance pass failed");
+                        }
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "maintenance cannot list queues"),
+        }
+        *waker.next() = Instant::now() + sleep;
+        loop {
+            let at = *waker.next();
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => break,
+                () = waker.notify.notified() => {}
+                () = shutdown.cancelled() => return,
+            }
+            if Instant::now() >= *waker.next() {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! How job records, events and script replies are laid out in Redis.
+//!
+//! Scalar fields are decimal strings (the scripts compute with them);
+//! structured ones (progress, error, labels, trace context) are protobuf
+//! bytes the scripts only carry.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, UNIX_EPOCH};
+
+use jobctl_proto::v1;
+use prost::Message;
+use redis::Value;
+
+use crate::error::{Error, Result};
+
+/// A string map as protobuf bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StringMap {
+    #[prost(btree_map = "string, string", tag = "1")]
+    entries: BTreeMap<String, String>,
+}
+
+pub fn encode_map(map: &BTreeMap<String, String>) -> Vec<u8> {
+    StringMap {
+        entries: map.clone(),
+    }
+    .encode_to_vec()
+}
+
+fn decode_map(bytes: &[u8]) -> Result<HashMap<String, String>> {
+    let map = StringMap::decode(bytes).map_err(|e| Error::Corrupt(format!("string map: {e}")))?;
+    Ok(map.entries.into_iter().collect())
+}
+
+fn decode<M: Message + Default>(what: &str, bytes: &[u8]) -> Result<M> {
+    M::decode(bytes).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+/// Milliseconds since the epoch as a protobuf timestamp; None for 0.
+pub fn timestamp(ms: u64) -> Option<prost_types::Timestamp> {
+    (ms > 0).then(|| (UNIX_EPOCH + Duration::from_millis(ms)).into())
+}
+
+fn duration(ms: u64) -> Option<prost_types::Duration> {
+    prost_types::Duration::try_from(Duration::from_millis(ms)).ok()
+}
+
+/// A job record as read with HGETALL.
+pub struct Record(HashMap<String, Vec<u8>>);
+
+impl Record {
+    pub fn new(fields: HashMap<String, Vec<u8>>) -> Option<Self> {
+        (!fields.is_empty()).then_some(Record(fields))
+    }
+
+    fn bytes(&self, f: &str) -> Option<&[u8]> {
+        self.0.get(f).map(Vec::as_slice)
+    }
+
+    fn string(&self, f: &str) -> String {
+        self.bytes(f)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default()
+    }
+
+    fn num<T: std::str::FromStr + Default>(&self, f: &str) -> T {
+        self.bytes(f)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_default()
+    }
+
+    /// The record as the contract's `Job`.
+    pub fn into_job(self, id: String) -> Result<v1::Job> {
+        let progress = match self.bytes("pg") {
+            Some(b) => Some(decode::<v1::Progress>("progress", b)?),
+            None => None,
+        };
+        let error = match self.bytes("err") {
+            Some(b) => Some(decode::<v1::JobError>("error", b)?),
+            None => None,
+        };
+        let labels = match self.bytes("lb") {
+            Some(b) => decode_map(b)?,
+            None => HashMap::new(),
+        };
+        let timeout_ms: u64 = self.num("to");
+        Ok(v1::Job {
+            id,
+            queue: self.string("q"),
+            kind: self.string("k"),
+            state: self.num("st"),
+            payload: self.bytes("p").map(<[u8]>::to_vec).unwrap_or_default(),
+            priority: self.num("pr"),
+            attempt: self.num("a"),
+            max_attempts: self.num("ma"),
+            progress,
+            result: self.bytes("res").map(<[u8]>::to_vec).unwrap_or_default(),
+            error,
+            cancel_requested: self.bytes("cr") == Some(b"1"),
+            cancel_reason: self.string("crr"),
+            labels,
+            retry: Some(v1::RetryPolicy {
+                initial_backoff: duration(self.num("bi")),
+                max_backoff: duration(self.num("bm")),
+                multiplier: self.num("bx"),
+                jitter: self.num("bj"),
+            }),
+            lease_ttl: duration(self.num("lt")),
+            timeout: (timeout_ms > 0).then(|| duration(timeout_ms)).flatten(),
+            idempotency_key: self.string("ik"),
+            worker_id: self.string("w"),
+            last_seq: self.num("seq"),
+            checkpoint: self.bytes("cp").map(<[u8]>::to_vec),
+            created_at: timestamp(self.num("ct")),
+            run_at: timestamp(self.num("ra")),
+            started_at: timestamp(self.num("sa")),
+            finished_at: timestamp(self.num("fa")),
+            updated_at: timestamp(self.num("ua")),
+            lease_expires_at: timestamp(self.num("le")),
+            expires_at: timestamp(self.num("ex")),
+            retention: duration(self.num("rt")),
+        })
+    }
+}
+
+/// Reads script replies without trusting their shape.
+pub struct Reply<'a>(pub &'a [Value]);
+
+impl<'a> Reply<'a> {
+    pub fn of(value: &'a Value) -> Result<Self> {
+        match value {
+            Value::Array(items) => Ok(Reply(items)),
+            other => Err(Error::Corrupt(format!("unexpected script reply {other:?}"))),
+        }
+    }
+
+    pub fn bytes(&self, i: usize) -> Option<&'a [u8]> {
+        match self.0.get(i)? {
+            Value::BulkString(b) => Some(b),
+            Value::SimpleString(s) => Some(s.as_bytes()),
+            _ => None,
+        }
+    }
+
+    pub fn str(&self, i: usize) -> &'a str {
+        self.bytes(i)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn int(&self, i: usize) -> i64 {
+        match self.0.get(i) {
+            Some(Value::Int(n)) => *n,
+            _ => self.str(i).parse().unwrap_or_default(),
+        }
+    }
+
+    /// A leased job from one entry of the lease script's reply.
+    pub fn leased_job(&self) -> Result<v1::LeasedJob> {
+        let deadline_ms = u64::try_from(self.int(4)).unwrap_or_default();
+        Ok(v1::LeasedJob {
+            job_id: self.str(0).to_owned(),
+            lease_token: self.str(1).to_owned(),
+            attempt: u32::try_from(self.int(2)).unwrap_or_default(),
+            lease_expires_at: timestamp(u64::try_from(self.int(3)).unwrap_or_default()),
+            deadline: timestamp(deadline_ms),
+            kind: self.str(5).to_owned(),
+            payload: self.bytes(6).unwrap_or_default().to_vec(),
+            max_attempts: u32::try_from(self.int(7)).unwrap_or_default(),
+            checkpoint: self.bytes(8).map(<[u8]>::to_vec),
+            labels: decode_map(self.bytes(9).unwrap_or_default())?,
+            trace_context: decode_map(self.bytes(10).unwrap_or_default())?,
+            lease_ttl: duration(u64::try_from(self.int(11)).unwrap_or_default()),
+            queue: self.str(12).to_owned(),
+        })
+    }
+}
+
+/// A protobuf `JobState` from a script's state number.
+pub fn state(n: i64) -> v1::JobState {
+    i32::try_from(n)
+        .ok()
+        .and_then(|n| v1::JobState::try_from(n).ok())
+        .unwrap_or(v1::JobState::Unspecified)
+}

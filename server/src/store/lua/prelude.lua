@@ -1,0 +1,123 @@
+-- Prelude prepended to every jobctl script: constants and helpers only.
+-- Nothing here builds a key name: every key a script touches arrives in KEYS.
+--
+-- Job hash fields: q queue, k kind, p payload, pr priority, st state,
+-- a attempt, ma max attempts, bi/bm/bx/bj backoff initial ms / max ms /
+-- multiplier / jitter, lt lease ttl ms, to timeout ms (0: none), rt retention
+-- ms, ik idempotency key, lb labels, tc trace context, ct created, ra run at,
+-- sa started, fa finished, ua updated, ex expires at (all ms since the epoch
+-- on Redis's clock), tok lease token, fen fencing counter, w worker id,
+-- le lease expiry, dl attempt deadline, pg progress, cp checkpoint,
+-- res result, err error, cr cancel requested, crr cancel reason,
+-- seq last event sequence number.
+local S_SCHEDULED, S_QUEUED, S_RUNNING = 1, 2, 3
+local S_SUCCEEDED, S_FAILED, S_CANCELLED = 4, 5, 6
+local E_STATE, E_PROGRESS, E_CANCEL = 1, 2, 3
+-- Kept a while past the retention so the retention sweep, which also cleans
+-- the indexes, normally deletes the record first.
+local EXPIRY_MARGIN_MS = 60000
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Integers as plain digits (tostring would give 1.7e+12).
+local function fmt(n)
+  return string.format('%.0f', n)
+end
+
+local function is_terminal(st)
+  return st == S_SUCCEEDED or st == S_FAILED or st == S_CANCELLED
+end
+
+-- Appends an event to the job's durable history with the next sequence
+-- number. `extra` is a flat list of more field/value pairs.
+local function add_event(job, ev, cap, kind, state, now, extra)
+  local seq = redis.call('HINCRBY', job, 'seq', 1)
+  local f = redis.call('HMGET', job, 'a', 'pg')
+  local args = { 'XADD', ev, 'MAXLEN', '~', cap, seq .. '-0',
+    'k', kind, 's', state, 't', fmt(now), 'a', f[1] or '0' }
+  if f[2] then
+    args[#args + 1] = 'p'
+    args[#args + 1] = f[2]
+  end
+  if extra then
+    for i = 1, #extra do args[#args + 1] = extra[i] end
+  end
+  redis.call(unpack(args))
+  return seq
+end
+
+-- Ready set score: higher priority first, FIFO within one priority.
+local function enqueue(job, ready, seqkey, id)
+  local pr = tonumber(redis.call('HGET', job, 'pr') or '0')
+  local s = redis.call('INCR', seqkey)
+  redis.call('ZADD', ready, fmt((1000 - pr) * 2199023255552 + s), id)
+end
+
+-- Moves a job to a terminal state, indexes it for the retention sweep and
+-- sets the safety-net expiry of its keys.
+local function finish(job, ev, done, id, state, now, cap, ev_extra)
+  local rt = tonumber(redis.call('HGET', job, 'rt') or '0')
+  local ex = now + rt
+  redis.call('HSET', job, 'st', state, 'fa', fmt(now), 'ua', fmt(now), 'ex', fmt(ex))
+  redis.call('HDEL', job, 'le', 'dl')
+  redis.call('ZADD', done, fmt(ex), id)
+  add_event(job, ev, cap, E_STATE, state, now, ev_extra)
+  redis.call('PEXPIRE', job, rt + EXPIRY_MARGIN_MS)
+  redis.call('PEXPIRE', ev, rt + EXPIRY_MARGIN_MS)
+end
+
+-- Ends a running attempt that failed: CANCELLED when a cancel was asked,
+-- else SCHEDULED (backoff) or QUEUED (no delay) while attempts remain, else
+-- FAILED (a dead letter). retry_after < 0 means "use the job's backoff".
+-- Returns {state, next run at ms (0 when none)}.
+local function fail_attempt(k, id, err, retryable, retry_after, rnd, cap, now, chan, msg)
+  redis.call('ZREM', k.active, id)
+  redis.call('HDEL', k.job, 'le', 'dl')
+  redis.call('HSET', k.job, 'err', err)
+  if redis.call('HGET', k.job, 'cr') == '1' then
+    finish(k.job, k.ev, k.done, id, S_CANCELLED, now, cap, { 'e', err })
+    return { S_CANCELLED, 0 }
+  end
+  local f = redis.call('HMGET', k.job, 'a', 'ma', 'bi', 'bm', 'bx', 'bj')
+  local a, ma = tonumber(f[1]), tonumber(f[2])
+  if retryable and a < ma then
+    local delay = retry_after
+    if delay < 0 then
+      local d = tonumber(f[3]) * (tonumber(f[5]) ^ (a - 1))
+      local mx = tonumber(f[4])
+      if d > mx then d = mx end
+      d = d * (1 + tonumber(f[6]) * (2 * rnd - 1))
+      if d < 0 then d = 0 end
+      delay = math.floor(d)
+    end
+    if delay <= 0 then
+      redis.call('HSET', k.job, 'st', S_QUEUED, 'ra', fmt(now), 'ua', fmt(now))
+      enqueue(k.job, k.ready, k.seq, id)
+      add_event(k.job, k.ev, cap, E_STATE, S_QUEUED, now, { 'e', err })
+      redis.call('PUBLISH', chan, msg)
+      return { S_QUEUED, now }
+    end
+    local run_at = now + delay
+    redis.call('HSET', k.job, 'st', S_SCHEDULED, 'ra', fmt(run_at), 'ua', fmt(now))
+    redis.call('ZADD', k.sched, fmt(run_at), id)
+    add_event(k.job, k.ev, cap, E_STATE, S_SCHEDULED, now, { 'e', err })
+    return { S_SCHEDULED, run_at }
+  end
+  redis.call('ZADD', k.dead, fmt(now), id)
+  finish(k.job, k.ev, k.done, id, S_FAILED, now, cap, { 'e', err })
+  return { S_FAILED, 0 }
+end
+
+-- Checks a lease token. Returns nil when the caller holds the running lease,
+-- else the reply to give: {'missing'} or {'stale', state}.
+local function check_lease(job, token)
+  local f = redis.call('HMGET', job, 'st', 'tok')
+  if not f[1] then return { 'missing' } end
+  if tonumber(f[1]) ~= S_RUNNING or f[2] ~= token then
+    return { 'stale', tonumber(f[1]) }
+  end
+  return nil
+end

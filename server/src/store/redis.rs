@@ -1,0 +1,674 @@
+//! The Redis job store: one Lua script round trip per transition.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jobctl_proto::v1::{self, JobState};
+use prost::Message;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Value};
+
+use super::codec::{self, Record, Reply, encode_map};
+use super::scripts::Scripts;
+use crate::error::{Error, Result};
+use crate::keys::{JobId, Keyspace, QueueKeys};
+use crate::model::NewJob;
+
+/// How many due jobs one maintenance script call handles.
+const MAINTENANCE_BATCH: usize = 100;
+
+/// The answer to a Submit.
+#[derive(Clone, Debug)]
+pub struct Submitted {
+    pub job_id: String,
+    pub deduplicated: bool,
+    pub state: JobState,
+}
+
+/// The answer to a Heartbeat.
+#[derive(Clone, Debug)]
+pub struct Heartbeat {
+    pub cancel_requested: bool,
+    pub cancel_reason: String,
+    pub lease_expires_at_ms: u64,
+}
+
+/// What one maintenance pass over a queue did.
+#[derive(Clone, Debug, Default)]
+pub struct Maintained {
+    pub promoted: u64,
+    pub reaped: u64,
+    pub expired: u64,
+    /// Milliseconds until the earliest scheduled job is due, if any.
+    pub next_due_in_ms: Option<u64>,
+}
+
+/// Settings of the store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub key_prefix: String,
+    /// Events kept per job.
+    pub event_cap: u32,
+    /// How long an idempotency key is remembered.
+    pub idempotency_ttl: Duration,
+}
+
+/// The job store over one Redis.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    client: redis::Client,
+    keys: Keyspace,
+    scripts: Scripts,
+    options: StoreOptions,
+    /// Serialises this process's leases per queue, so its own Lease calls
+    /// do not race each other for the same head of the ready set.
+    lease_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Why a transition was refused, from a script's status word.
+fn refusal(reply: &Reply<'_>, id: &JobId, what: &str) -> Error {
+    match reply.str(0) {
+        "missing" => Error::NotFound(id.to_string()),
+        "stale" => Error::FailedPrecondition(format!(
+            "{what} refused: the lease token of job {id} is stale (the job is {})",
+            state_name(codec::state(reply.int(1)))
+        )),
+        other => Error::Corrupt(format!("unexpected script status {other:?}")),
+    }
+}
+
+fn state_name(state: JobState) -> &'static str {
+    state
+        .as_str_name()
+        .strip_prefix("JOB_STATE_")
+        .unwrap_or("UNSPECIFIED")
+}
+
+fn jitter() -> String {
+    rand::random::<f64>().to_string()
+}
+
+impl RedisStore {
+    /// Connects lazily: the first command dials, and a lost connection is
+    /// re-established on a later command.
+    pub fn new(url: &str, options: StoreOptions) -> Result<Self> {
+        let client = redis::Client::open(url)
+            .map_err(|e| Error::Startup(format!("invalid redis url: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| Error::Startup(format!("redis connection: {e}")))?;
+        Ok(RedisStore {
+            conn,
+            client,
+            keys: Keyspace::new(&options.key_prefix),
+            scripts: Scripts::new(),
+            options,
+            lease_locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn keys(&self) -> &Keyspace {
+        &self.keys
+    }
+
+    /// The client, for connections of their own (the wake subscription).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    fn cap(&self) -> u32 {
+        self.options.event_cap
+    }
+
+    /// Answers once Redis does.
+    pub async fn ping(&self) -> Result<()> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    /// Records the queue for the maintenance passes (idempotent).
+    async fn register(&self, qk: &QueueKeys) -> Result<()> {
+        let _: i64 = self.conn().sadd(self.keys.registry(), qk.tag()).await?;
+        Ok(())
+    }
+
+    /// Every known `(namespace, queue)`.
+    pub async fn queues(&self) -> Result<Vec<(String, String)>> {
+        let tags: Vec<String> = self.conn().smembers(self.keys.registry()).await?;
+        Ok(tags
+            .into_iter()
+            .filter_map(|t| {
+                t.split_once(':')
+                    .map(|(ns, q)| (ns.to_owned(), q.to_owned()))
+            })
+            .collect())
+    }
+
+    /// Creates a job, or finds the one its idempotency key already made.
+    pub async fn submit(&self, ns: &str, job: &NewJob) -> Result<Submitted> {
+        let qk = self.keys.queue(ns, job.queue());
+        self.register(&qk).await?;
+        let idem_key = job.idempotency_key.as_deref().unwrap_or("");
+        let ttl_ms = u64::try_from(self.options.idempotency_ttl.as_millis()).unwrap_or(u64::MAX);
+        let mut inv = self.scripts.submit.prepare_invoke();
+        inv.key(qk.job(&job.id))
+            .key(qk.events(&job.id))
+            .key(qk.ready())
+            .key(qk.sched())
+            .key(qk.seq())
+            .key(qk.idempotency(idem_key))
+            .arg(job.id.to_string())
+            .arg(if job.idempotency_key.is_some() {
+                "1"
+            } else {
+                "0"
+            })
+            .arg(&job.request_hash)
+            .arg(ttl_ms.max(1))
+            .arg(job.run_at_ms)
+            .arg(job.delay_ms)
+            .arg(self.cap())
+            .arg(self.keys.wake_channel())
+            .arg(qk.tag());
+        let b = &job.backoff;
+        inv.arg("q")
+            .arg(job.queue())
+            .arg("k")
+            .arg(&job.kind)
+            .arg("p")
+            .arg(&job.payload)
+            .arg("pr")
+            .arg(job.priority)
+            .arg("ma")
+            .arg(job.max_attempts)
+            .arg("bi")
+            .arg(b.initial_ms)
+            .arg("bm")
+            .arg(b.max_ms)
+            .arg("bx")
+            .arg(b.multiplier.to_string())
+            .arg("bj")
+            .arg(b.jitter.to_string())
+            .arg("lt")
+            .arg(job.lease_ttl_ms)
+            .arg("to")
+            .arg(job.timeout_ms)
+            .arg("rt")
+            .arg(job.retention_ms);
+        if let Some(key) = &job.idempotency_key {
+            inv.arg("ik").arg(key);
+        }
+        if !job.labels.is_empty() {
+            inv.arg("lb").arg(encode_map(&job.labels));
+        }
+        if !job.trace_context.is_empty() {
+            inv.arg("tc").arg(encode_map(&job.trace_context));
+        }
+        let value: Value = inv.invoke_async(&mut self.conn()).await?;
+        let reply = Reply::of(&value)?;
+        match reply.str(0) {
+            "new" => Ok(Submitted {
+                job_id: reply.str(1).to_owned(),
+                deduplicated: false,
+                state: codec::state(reply.int(2)),
+            }),
+            "dup" => {
+                let job_id = reply.str(1).to_owned();
+                let state = match JobId::parse(&job_id) {
+                    Ok(id) => self.state_of(ns, &id).await?,
+                    Err(_) => JobState::Unspecified,
+                };
+                Ok(Submitted {
+                    job_id,
+                    deduplicated: true,
+                    state,
+                })
+            }
+            "conflict" => Err(Error::IdempotencyConflict {
+                key: idem_key.to_owned(),
+                job_id: reply.str(1).to_owned(),
+            }),
+            other => Err(Error::Corrupt(format!(
+                "unexpected submit status {other:?}"
+            ))),
+        }
+    }
+
+    async fn state_of(&self, ns: &str, id: &JobId) -> Result<JobState> {
+        let qk = self.keys.queue(ns, id.queue());
+        let st: Option<i64> = self.conn().hget(qk.job(id), "st").await?;
+        Ok(st.map_or(JobState::Unspecified, codec::state))
+    }
+
+    /// The job's record.
+    pub async fn get(&self, ns: &str, id: &JobId) -> Result<v1::Job> {
+        let qk = self.keys.queue(ns, id.queue());
+        let fields: HashMap<String, Vec<u8>> = self.conn().hgetall(qk.job(id)).await?;
+        Record::new(fields)
+            .ok_or_else(|| Error::NotFound(id.to_string()))?
+            .into_job(id.to_string())
+    }
+
+    /// Cancels a job; returns its state after the call and whether a cancel
+    /// was requested.
+    pub async fn cancel(&self, ns: &str, id: &JobId, reason: &str) -> Result<(JobState, bool)> {
+        let qk = self.keys.queue(ns, id.queue());
+        let value: Value = self
+            .scripts
+            .cancel
+            .key(qk.job(id))
+            .key(qk.events(id))
+            .key(qk.ready())
+            .key(qk.sched())
+            .key(qk.done())
+            .arg(id.to_string())
+            .arg(reason)
+            .arg(self.cap())
+            .invoke_async(&mut self.conn())
+            .await?;
+        let reply = Reply::of(&value)?;
+        match reply.str(0) {
+            "ok" => Ok((codec::state(reply.int(1)), reply.int(2) == 1)),
+            _ => Err(refusal(&reply, id, "cancel")),
+        }
+    }
+
+    fn lease_lock(&self, tag: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .lease_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if locks.len() > 10_000 {
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        locks.entry(tag.to_owned()).or_default().clone()
+    }
+
+    /// Leases up to `max` ready jobs of one queue, at once (no waiting).
+    pub async fn lease(
+        &self,
+        ns: &str,
+        queue: &str,
+        worker_id: &str,
+        max: usize,
+    ) -> Result<Vec<v1::LeasedJob>> {
+        let qk = self.keys.queue(ns, queue);
+        let lock = self.lease_lock(qk.tag());
+        let _guard = lock.lock().await;
+        let mut conn = self.conn();
+        // Another replica may take some of the head first; try again a few
+        // times before reporting the queue empty.
+        for _ in 0..4 {
+            let limit = isize::try_from(max).unwrap_or(isize::MAX) - 1;
+            let candidates: Vec<String> = conn.zrange(qk.ready(), 0, limit).await?;
+            if candidates.is_empty() {
+                return Ok(Vec::new());
+            }
+            let ids: Vec<JobId> = candidates
+                .iter()
+                .filter_map(|c| JobId::parse(c).ok())
+                .collect();
+            let nonce = format!("{:016x}", rand::random::<u64>());
+            let mut inv = self.scripts.lease.prepare_invoke();
+            inv.key(qk.ready()).key(qk.active());
+            with_job_keys(&mut inv, &qk, &ids);
+            inv.arg(worker_id).arg(&nonce).arg(self.cap());
+            with_ids(&mut inv, &ids);
+            let value: Value = inv.invoke_async(&mut conn).await?;
+            let Value::Array(entries) = value else {
+                return Err(Error::Corrupt("unexpected lease reply".into()));
+            };
+            let jobs = entries
+                .iter()
+                .map(|e| Reply::of(e).and_then(|r| r.leased_job()))
+                .collect::<Result<Vec<_>>>()?;
+            if !jobs.is_empty() {
+                return Ok(jobs);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    pub async fn heartbeat(
+        &self,
+        ns: &str,
+        id: &JobId,
+        token: &str,
+        progress: Option<&v1::Progress>,
+        checkpoint: Option<&[u8]>,
+    ) -> Result<Heartbeat> {
+        let qk = self.keys.queue(ns, id.queue());
+        let value: Value = self
+            .scripts
+            .heartbeat
+            .key(qk.job(id))
+            .key(qk.events(id))
+            .key(qk.active())
+            .arg(id.to_string())
+            .arg(token)
+            .arg(self.cap())
+            .arg(if progress.is_some() { "1" } else { "0" })
+            .arg(progress.map(Message::encode_to_vec).unwrap_or_default())
+            .arg(if checkpoint.is_some() { "1" } else { "0" })
+            .arg(checkpoint.unwrap_or_default())
+            .invoke_async(&mut self.conn())
+            .await?;
+        let reply = Reply::of(&value)?;
+        match reply.str(0) {
+            "ok" => Ok(Heartbeat {
+                cancel_requested: reply.int(1) == 1,
+                cancel_reason: reply.str(2).to_owned(),
+                lease_expires_at_ms: u64::try_from(reply.int(3)).unwrap_or_default(),
+            }),
+            _ => Err(refusal(&reply, id, "heartbeat")),
+        }
+    }
+
+    pub async fn complete(
+        &self,
+        ns: &str,
+        id: &JobId,
+        token: &str,
+        result: &[u8],
+    ) -> Result<JobState> {
+        let qk = self.keys.queue(ns, id.queue());
+        let value: Value = self
+            .scripts
+            .complete
+            .key(qk.job(id))
+            .key(qk.events(id))
+            .key(qk.active())
+            .key(qk.done())
+            .arg(id.to_string())
+            .arg(token)
+            .arg(self.cap())
+            .arg(result)
+            .invoke_async(&mut self.conn())
+            .await?;
+        let reply = Reply::of(&value)?;
+        match reply.str(0) {
+            "ok" => Ok(codec::state(reply.int(1))),
+            _ => Err(refusal(&reply, id, "complete")),
+        }
+    }
+
+    /// Ends an attempt with an error; returns the next state and, when it
+    /// will be retried after a backoff, how long from now.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn fail(
+        &self,
+        ns: &str,
+        id: &JobId,
+        token: &str,
+        error: &v1::JobError,
+        retryable: bool,
+        retry_after: Option<Duration>,
+        checkpoint: Option<&[u8]>,
+    ) -> Result<(JobState, Option<Duration>)> {
+        let qk = self.keys.queue(ns, id.queue());
+        let retry_after_ms =
+            retry_after.map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let value: Value = self
+            .scripts
+            .fail
+            .key(qk.job(id))
+            .key(qk.events(id))
+            .key(qk.active())
+            .key(qk.sched())
+            .key(qk.dead())
+            .key(qk.done())
+            .key(qk.ready())
+            .key(qk.seq())
+            .arg(id.to_string())
+            .arg(token)
+            .arg(self.cap())
+            .arg(error.encode_to_vec())
+            .arg(if retryable { "1" } else { "0" })
+            .arg(retry_after_ms)
+            .arg(jitter())
+            .arg(if checkpoint.is_some() { "1" } else { "0" })
+            .arg(checkpoint.unwrap_or_default())
+            .arg(self.keys.wake_channel())
+            .arg(qk.tag())
+            .invoke_async(&mut self.conn())
+            .await?;
+        let reply = Reply::of(&value)?;
+        match reply.str(0) {
+            "ok" => {
+                let state = codec::state(reply.int(1));
+                let retry_in = (state == JobState::Scheduled).then(|| {
+                    Duration::from_millis(u64::try_from(reply.int(2)).unwrap_or_default())
+                });
+                Ok((state, retry_in))
+            }
+            _ => Err(refusal(&reply, id, "fail")),
+        }
+    }
+
+    /// Hands a running job back without using up its attempt.
+    pub async fn release(
+        &self,
+        ns: &str,
+        id: &JobId,
+        token: &str,
+        checkpoint: Option<&[u8]>,
+    ) -> Result<JobState> {
+        let qk = self.keys.queue(ns, id.queue());
+        let value: Value = self
+            .scripts
+            .release
+            .key(qk.job(id))
+            .key(qk.events(id))
+            .key(qk.active())
+            .key(qk.ready())
+            .key(qk.seq())
+            .key(qk.done())
+            .arg(id.to_string())
+            .arg(token)
+            .arg(self.cap())
+            .arg(if checkpoint.is_some() { "1" } else { "0" })
+            .arg(checkpoint.unwrap_or_default())
+            .arg(self.keys.wake_channel())
+            .arg(qk.tag())
+            .invoke_async(&mut self.conn())
+            .await?;
+        let reply = Reply::of(&value)?;
+        match reply.str(0) {
+            "ok" => Ok(codec::state(reply.int(1))),
+            _ => Err(refusal(&reply, id, "release")),
+        }
+    }
+
+    /// Puts a FAILED job back in its queue.
+    pub async fn requeue(&self, ns: &str, id: &JobId) -> Result<JobState> {
+        let qk = self.keys.queue(ns, id.queue());
+        let value: Value = self
+            .scripts
+            .requeue
+            .key(qk.job(id))
+            .key(qk.events(id))
+            .key(qk.ready())
+            .key(qk.dead())
+            .key(qk.done())
+            .key(qk.seq())
+            .arg(id.to_string())
+            .arg(self.cap())
+            .arg(self.keys.wake_channel())
+            .arg(qk.tag())
+            .invoke_async(&mut self.conn())
+            .await?;
+        let reply = Reply::of(&value)?;
+        match reply.str(0) {
+            "ok" => Ok(codec::state(reply.int(1))),
+            "stale" => Err(Error::FailedPrecondition(format!(
+                "only a FAILED job can be re-queued; job {id} is {}",
+                state_name(codec::state(reply.int(1)))
+            ))),
+            _ => Err(refusal(&reply, id, "requeue")),
+        }
+    }
+
+    /// A page of a queue's dead letters, newest first. The cursor is the
+    /// offset into the dead-letter set.
+    pub async fn list_failed(
+        &self,
+        ns: &str,
+        queue: &str,
+        limit: usize,
+        offset: usize,
+    ) -> Result<(Vec<v1::Job>, Option<usize>)> {
+        let qk = self.keys.queue(ns, queue);
+        let start = isize::try_from(offset).unwrap_or(isize::MAX);
+        let stop = start.saturating_add(isize::try_from(limit).unwrap_or(isize::MAX));
+        let ids: Vec<String> = self.conn().zrevrange(qk.dead(), start, stop).await?;
+        let more = ids.len() > limit;
+        let ids: Vec<JobId> = ids
+            .iter()
+            .take(limit)
+            .filter_map(|id| JobId::parse(id).ok())
+            .collect();
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.hgetall(qk.job(id));
+        }
+        let records: Vec<HashMap<String, Vec<u8>>> = pipe.query_async(&mut self.conn()).await?;
+        let mut jobs = Vec::with_capacity(ids.len());
+        for (id, fields) in ids.iter().zip(records) {
+            if let Some(record) = Record::new(fields) {
+                jobs.push(record.into_job(id.to_string())?);
+            }
+        }
+        Ok((jobs, more.then_some(offset + limit)))
+    }
+
+    /// Counts a queue's jobs by state.
+    pub async fn queue_stats(&self, ns: &str, queue: &str) -> Result<v1::GetQueueStatsResponse> {
+        let qk = self.keys.queue(ns, queue);
+        let (scheduled, queued, running, failed, finished): (u64, u64, u64, u64, u64) =
+            redis::pipe()
+                .zcard(qk.sched())
+                .zcard(qk.ready())
+                .zcard(qk.active())
+                .zcard(qk.dead())
+                .zcard(qk.done())
+                .query_async(&mut self.conn())
+                .await?;
+        Ok(v1::GetQueueStatsResponse {
+            queue: queue.to_owned(),
+            scheduled,
+            queued,
+            running,
+            failed,
+            finished,
+        })
+    }
+
+    /// One maintenance pass over a queue: promotes due scheduled jobs, reaps
+    /// expired leases, deletes finished jobs past their retention. Safe in
+    /// every replica at once: the scripts re-check each job on Redis's clock.
+    pub async fn maintain(&self, ns: &str, queue: &str) -> Result<Maintained> {
+        let qk = self.keys.queue(ns, queue);
+        let mut conn = self.conn();
+        let mut out = Maintained::default();
+        let batch = isize::try_from(MAINTENANCE_BATCH).unwrap_or(100) - 1;
+        loop {
+            type Scored = Vec<(String, f64)>;
+            let ((secs, micros), sched, active, done): ((u64, u64), Scored, Scored, Scored) =
+                redis::pipe()
+                    .cmd("TIME")
+                    .zrange_withscores(qk.sched(), 0, batch)
+                    .zrange_withscores(qk.active(), 0, batch)
+                    .zrange_withscores(qk.done(), 0, batch)
+                    .query_async(&mut conn)
+                    .await?;
+            // Redis's clock only picks candidates; each script re-checks.
+            let now = (secs * 1000 + micros / 1000) as f64;
+            let due = |set: &[(String, f64)]| -> Vec<JobId> {
+                set.iter()
+                    .take_while(|(_, at)| *at <= now)
+                    .filter_map(|(id, _)| JobId::parse(id).ok())
+                    .collect()
+            };
+            let (to_promote, to_reap, to_expire) = (due(&sched), due(&active), due(&done));
+            out.next_due_in_ms = sched
+                .iter()
+                .find(|(_, at)| *at > now)
+                .map(|(_, at)| (*at - now) as u64);
+            if !to_promote.is_empty() {
+                let mut inv = self.scripts.promote.prepare_invoke();
+                inv.key(qk.sched()).key(qk.ready()).key(qk.seq());
+                with_job_keys(&mut inv, &qk, &to_promote);
+                inv.arg(self.cap())
+                    .arg(self.keys.wake_channel())
+                    .arg(qk.tag());
+                with_ids(&mut inv, &to_promote);
+                let n: u64 = inv.invoke_async(&mut conn).await?;
+                out.promoted += n;
+            }
+            if !to_reap.is_empty() {
+                let expired = v1::JobError {
+                    message: "lease expired: the worker stopped heartbeating".into(),
+                    code: "lease_expired".into(),
+                    details: String::new(),
+                };
+                let timed_out = v1::JobError {
+                    message: "the attempt ran past the job's timeout".into(),
+                    code: "timeout".into(),
+                    details: String::new(),
+                };
+                let mut inv = self.scripts.reap.prepare_invoke();
+                inv.key(qk.active())
+                    .key(qk.sched())
+                    .key(qk.dead())
+                    .key(qk.done())
+                    .key(qk.ready())
+                    .key(qk.seq());
+                with_job_keys(&mut inv, &qk, &to_reap);
+                inv.arg(self.cap())
+                    .arg(jitter())
+                    .arg(expired.encode_to_vec())
+                    .arg(timed_out.encode_to_vec())
+                    .arg(self.keys.wake_channel())
+                    .arg(qk.tag());
+                with_ids(&mut inv, &to_reap);
+                let reaped: Vec<String> = inv.invoke_async(&mut conn).await?;
+                for id in &reaped {
+                    tracing::info!(job_id = %id, "lease expired");
+                }
+                out.reaped += reaped.len() as u64;
+            }
+            if !to_expire.is_empty() {
+                let mut inv = self.scripts.expire.prepare_invoke();
+                inv.key(qk.done()).key(qk.dead());
+                with_job_keys(&mut inv, &qk, &to_expire);
+                with_ids(&mut inv, &to_expire);
+                let n: u64 = inv.invoke_async(&mut conn).await?;
+                out.expired += n;
+            }
+            let full = |v: &[JobId]| v.len() >= MAINTENANCE_BATCH;
+            if !(full(&to_promote) || full(&to_reap) || full(&to_expire)) {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+fn with_job_keys(inv: &mut redis::ScriptInvocation<'_>, qk: &QueueKeys, ids: &[JobId]) {
+    for id in ids {
+        inv.key(qk.job(id)).key(qk.events(id));
+    }
+}
+
+fn with_ids(inv: &mut redis::ScriptInvocation<'_>, ids: &[JobId]) {
+    for id in ids {
+        inv.arg(id.to_string());
+    }
+}

@@ -1,0 +1,45 @@
+//! The Lua scripts, one per transition, each with the shared prelude.
+
+use redis::Script;
+
+macro_rules! script {
+    ($file:literal) => {
+        Script::new(concat!(
+            include_str!("lua/prelude.lua"),
+            include_str!(concat!("lua/", $file))
+        ))
+    };
+}
+
+/// Every transition script, loaded once per process.
+pub struct Scripts {
+    pub submit: Script,
+    pub lease: Script,
+    pub heartbeat: Script,
+    pub complete: Script,
+    pub fail: Script,
+    pub release: Script,
+    pub cancel: Script,
+    pub reap: Script,
+    pub promote: Script,
+    pub requeue: Script,
+    pub expire: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        Scripts {
+            submit: script!("submit.lua"),
+            lease: script!("lease.lua"),
+            heartbeat: script!("heartbeat.lua"),
+            complete: script!("complete.lua"),
+            fail: script!("fail.lua"),
+            release: script!("release.lua"),
+            cancel: script!("cancel.lua"),
+            reap: script!("reap.lua"),
+            promote: script!("promote.lua"),
+            requeue: script!("requeue.lua"),
+            expire: script!("expire.lua"),
+        }
+    }
+}
