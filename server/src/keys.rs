@@ -31,6 +31,12 @@ pub fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
+/// `<ns>:<queue>`: names one queue of one namespace (the hash tag's content,
+/// the registry member and the wake message).
+pub fn queue_tag(ns: &str, queue: &str) -> String {
+    format!("{ns}:{queue}")
+}
+
 /// A job id: the job's queue and a ULID.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct JobId {
@@ -64,6 +70,11 @@ impl JobId {
     pub fn queue(&self) -> &str {
         &self.queue
     }
+
+    /// The ULID part.
+    pub fn ulid(&self) -> &ulid::Ulid {
+        &self.ulid
+    }
 }
 
 impl fmt::Display for JobId {
@@ -89,7 +100,7 @@ impl Keyspace {
     pub fn queue(&self, ns: &str, queue: &str) -> QueueKeys {
         QueueKeys {
             base: format!("{}:{{{ns}:{queue}}}:", self.prefix),
-            tag: format!("{ns}:{queue}"),
+            tag: queue_tag(ns, queue),
         }
     }
 

@@ -28,37 +28,35 @@ pub use error::Error;
 
 use crate::api::{AdminApi, JobApi, Shared, WorkerApi};
 use crate::model::Validator;
-use crate::store::{RedisStore, StoreOptions};
+use crate::store::{MemoryStore, RedisStore, Store, StoreOptions};
 use crate::wake::WakeHub;
 
 /// Serves jobctl on `listener` until `shutdown` resolves, then stops
 /// accepting, ends long polls, lets in-flight calls finish (for at most
-/// `config.shutdown_grace`) and returns.
+/// `config.shutdown_grace`) and returns. State lives in Redis when
+/// `config.redis_url` is set, else in the process ([`MemoryStore`]).
 pub async fn serve(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let url = config.redis_url.clone().ok_or_else(|| {
-        Error::Startup("no redis url: set --redis-url or JOBCTL_REDIS_URL".into())
-    })?;
-    let store = Arc::new(RedisStore::new(
-        &url,
-        StoreOptions {
-            key_prefix: config.key_prefix.clone(),
-            event_cap: config.limits.event_history_max,
-            idempotency_ttl: config.defaults.idempotency_ttl,
-        },
-    )?);
-    let stopping = CancellationToken::new();
     let wake = Arc::new(WakeHub::default());
+    let options = StoreOptions {
+        key_prefix: config.key_prefix.clone(),
+        event_cap: config.limits.event_history_max,
+        idempotency_ttl: config.defaults.idempotency_ttl,
+    };
+    let store: Arc<dyn Store> = match &config.redis_url {
+        Some(url) => Arc::new(RedisStore::new(url, options)?),
+        None => Arc::new(MemoryStore::new(options, wake.clone())),
+    };
+    let stopping = CancellationToken::new();
     let maintenance_waker = Arc::new(maintenance::Waker::default());
     let mut background = tokio::task::JoinSet::new();
-    background.spawn(wake.clone().run(
-        store.client().clone(),
-        store.keys().wake_channel(),
-        stopping.clone(),
-    ));
+    {
+        let (store, wake, stopping) = (store.clone(), wake.clone(), stopping.clone());
+        background.spawn(async move { store.relay_wakeups(wake, stopping).await });
+    }
     background.spawn(maintenance::run(
         store.clone(),
         config.maintenance_interval,

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::RedisStore;
+use crate::store::Store;
 
 /// Asks the maintenance loop to run earlier (a job was scheduled soon).
 #[derive(Debug)]
@@ -50,30 +50,20 @@ impl Waker {
 
 /// Runs passes until `shutdown`.
 pub async fn run(
-    store: Arc<RedisStore>,
+    store: Arc<dyn Store>,
     interval: Duration,
     waker: Arc<Waker>,
     shutdown: CancellationToken,
 ) {
     loop {
-        let mut sleep = interval;
-        match store.queues().await {
-            Ok(queues) => {
-                for (ns, queue) in queues {
-                    match store.maintain(&ns, &queue).await {
-                        Ok(done) => {
-                            if let Some(ms) = done.next_due_in_ms {
-                                sleep = sleep.min(Duration::from_millis(ms.max(1)));
-                            }
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, namespace = %ns, %queue, "maintenance pass failed");
-                        }
-                    }
-                }
+        let sleep = match store.maintain().await {
+            Ok(Some(due)) => interval.min(due.max(Duration::from_millis(1))),
+            Ok(None) => interval,
+            Err(error) => {
+                tracing::warn!(%error, "maintenance pass failed");
+                interval
             }
-            Err(error) => tracing::warn!(%error, "maintenance cannot list queues"),
-        }
+        };
         *waker.next() = Instant::now() + sleep;
         loop {
             let at = *waker.next();

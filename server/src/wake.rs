@@ -49,14 +49,9 @@ impl WakeHub {
         }
     }
 
-    /// Holds the subscription until `shutdown`, re-subscribing with backoff
-    /// when the connection drops.
-    pub async fn run(
-        self: Arc<Self>,
-        client: redis::Client,
-        channel: String,
-        shutdown: CancellationToken,
-    ) {
+    /// Holds a Redis subscription to the wake channel until `shutdown`,
+    /// re-subscribing with backoff when the connection drops.
+    pub async fn relay(&self, client: redis::Client, channel: String, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         loop {
             match client.get_async_pubsub().await {

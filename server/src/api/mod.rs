@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::keys::JobId;
 use crate::maintenance::Waker;
 use crate::model::Validator;
-use crate::store::RedisStore;
+use crate::store::Store;
 use crate::wake::WakeHub;
 
 /// The namespace of callers while authentication is off.
@@ -26,7 +26,7 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// What every service shares.
 pub struct Shared {
-    pub store: Arc<RedisStore>,
+    pub store: Arc<dyn Store>,
     pub validator: Validator,
     pub wake: Arc<WakeHub>,
     pub maintenance: Arc<Waker>,

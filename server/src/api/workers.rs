@@ -10,8 +10,9 @@ use tonic::{Request, Response, Status};
 
 use super::{Shared, job_id, lease_token, namespace};
 use crate::error::Error;
+use crate::keys::queue_tag;
 use crate::model::duration_ms;
-use crate::store::codec_timestamp;
+use crate::store::{Failure, timestamp};
 
 pub struct WorkerApi(pub Arc<Shared>);
 
@@ -74,7 +75,7 @@ impl WorkerService for WorkerApi {
         let notifiers: Vec<_> = req
             .queues
             .iter()
-            .map(|q| shared.wake.notifier(shared.store.keys().queue(ns, q).tag()))
+            .map(|q| shared.wake.notifier(&queue_tag(ns, q)))
             .collect();
         loop {
             // Register for wake-ups before looking, so none is missed between.
@@ -123,7 +124,7 @@ impl WorkerService for WorkerApi {
         Ok(Response::new(v1::HeartbeatResponse {
             cancel_requested: hb.cancel_requested,
             cancel_reason: hb.cancel_reason,
-            lease_expires_at: codec_timestamp(hb.lease_expires_at_ms),
+            lease_expires_at: timestamp(hb.lease_expires_at_ms),
         }))
     }
 
@@ -152,30 +153,22 @@ impl WorkerService for WorkerApi {
         let req = request.get_ref();
         let id = job_id(&req.job_id)?;
         let token = lease_token(&req.lease_token)?;
-        let error = req.error.clone().unwrap_or_default();
-        self.0.validator.error(&error)?;
-        self.0.validator.checkpoint(req.checkpoint.as_ref())?;
-        let retry_after = match &req.retry_after {
-            Some(d) => Some(Duration::from_millis(duration_ms("retry_after", d)?)),
-            None => None,
+        let failure = Failure {
+            error: req.error.clone().unwrap_or_default(),
+            retryable: req.retryable,
+            retry_after: match &req.retry_after {
+                Some(d) => Some(Duration::from_millis(duration_ms("retry_after", d)?)),
+                None => None,
+            },
+            checkpoint: req.checkpoint.clone(),
         };
-        let (state, retry_in) = self
-            .0
-            .store
-            .fail(
-                ns,
-                &id,
-                token,
-                &error,
-                req.retryable,
-                retry_after,
-                req.checkpoint.as_deref(),
-            )
-            .await?;
+        self.0.validator.error(&failure.error)?;
+        self.0.validator.checkpoint(failure.checkpoint.as_ref())?;
+        let (state, retry_in) = self.0.store.fail(ns, &id, token, &failure).await?;
         if let Some(after) = retry_in {
             self.0.maintenance.wake_in(after);
         }
-        tracing::info!(job_id = %id, state = state.as_str_name(), error = %error.message, "attempt failed");
+        tracing::info!(job_id = %id, state = state.as_str_name(), error = %failure.error.message, "attempt failed");
         let next_run_at = retry_in.map(|d| (std::time::SystemTime::now() + d).into());
         Ok(Response::new(v1::FailResponse {
             state: state.into(),

@@ -1,12 +1,146 @@
-//! The job store: every piece of job state, behind one type.
+//! The job store: every piece of job state, behind the [`Store`] trait.
 //!
-//! Only this module talks to Redis. The API layer hands it validated
-//! requests ([`crate::model`]) and gets back the contract's messages. The
-//! embedded store of a later issue implements the same operations.
+//! The API layer hands a store validated requests ([`crate::model`]) and
+//! gets back the contract's messages. [`RedisStore`] keeps state in Redis
+//! (one Lua script per transition); [`MemoryStore`] keeps it in the process
+//! (the embedded mode and the test harness). Both pass one conformance suite.
 
 mod codec;
+mod memory;
 mod redis;
 mod scripts;
 
-pub use self::codec::timestamp as codec_timestamp;
-pub use self::redis::{Heartbeat, Maintained, RedisStore, StoreOptions, Submitted};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobctl_proto::v1::{self, JobState};
+use tokio_util::sync::CancellationToken;
+
+pub use self::codec::timestamp;
+pub use self::memory::MemoryStore;
+pub use self::redis::{RedisStore, StoreOptions};
+use crate::error::Result;
+use crate::keys::JobId;
+use crate::model::NewJob;
+use crate::wake::WakeHub;
+
+/// The answer to a Submit.
+#[derive(Clone, Debug)]
+pub struct Submitted {
+    pub job_id: String,
+    pub deduplicated: bool,
+    pub state: JobState,
+}
+
+/// The answer to a Heartbeat.
+#[derive(Clone, Debug)]
+pub struct Heartbeat {
+    pub cancel_requested: bool,
+    pub cancel_reason: String,
+    pub lease_expires_at_ms: u64,
+}
+
+/// How an attempt failed.
+#[derive(Clone, Debug, Default)]
+pub struct Failure {
+    pub error: v1::JobError,
+    pub retryable: bool,
+    /// Retry after this long instead of the job's backoff.
+    pub retry_after: Option<Duration>,
+    /// A checkpoint to keep for the next attempt.
+    pub checkpoint: Option<Vec<u8>>,
+}
+
+/// What one maintenance pass over a queue did.
+#[derive(Clone, Debug, Default)]
+pub struct Maintained {
+    pub promoted: u64,
+    pub reaped: u64,
+    pub expired: u64,
+    /// Milliseconds until the earliest scheduled job is due, if any.
+    pub next_due_in_ms: Option<u64>,
+}
+
+/// Every operation on jobs. `ns` is the caller's namespace: a job of
+/// another namespace is not found. Each operation is atomic.
+#[tonic::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Answers once the store can serve.
+    async fn ping(&self) -> Result<()>;
+
+    /// Creates a job, or finds the one its idempotency key already made.
+    async fn submit(&self, ns: &str, job: &NewJob) -> Result<Submitted>;
+
+    /// The job's record.
+    async fn get(&self, ns: &str, id: &JobId) -> Result<v1::Job>;
+
+    /// Cancels a job; returns its state after the call and whether a cancel
+    /// was requested.
+    async fn cancel(&self, ns: &str, id: &JobId, reason: &str) -> Result<(JobState, bool)>;
+
+    /// Leases up to `max` ready jobs of one queue, at once (no waiting).
+    async fn lease(
+        &self,
+        ns: &str,
+        queue: &str,
+        worker_id: &str,
+        max: usize,
+    ) -> Result<Vec<v1::LeasedJob>>;
+
+    /// Extends a lease, records progress and a checkpoint.
+    async fn heartbeat(
+        &self,
+        ns: &str,
+        id: &JobId,
+        token: &str,
+        progress: Option<&v1::Progress>,
+        checkpoint: Option<&[u8]>,
+    ) -> Result<Heartbeat>;
+
+    /// Ends an attempt with success.
+    async fn complete(&self, ns: &str, id: &JobId, token: &str, result: &[u8]) -> Result<JobState>;
+
+    /// Ends an attempt with an error; returns the next state and, when it
+    /// will be retried after a backoff, how long from now.
+    async fn fail(
+        &self,
+        ns: &str,
+        id: &JobId,
+        token: &str,
+        failure: &Failure,
+    ) -> Result<(JobState, Option<Duration>)>;
+
+    /// Hands a running job back without using up its attempt.
+    async fn release(
+        &self,
+        ns: &str,
+        id: &JobId,
+        token: &str,
+        checkpoint: Option<&[u8]>,
+    ) -> Result<JobState>;
+
+    /// Puts a FAILED job back in its queue with a fresh set of attempts.
+    async fn requeue(&self, ns: &str, id: &JobId) -> Result<JobState>;
+
+    /// A page of a queue's dead letters, newest first, from `offset`; and
+    /// the offset of the next page, if any.
+    async fn list_failed(
+        &self,
+        ns: &str,
+        queue: &str,
+        limit: usize,
+        offset: usize,
+    ) -> Result<(Vec<v1::Job>, Option<usize>)>;
+
+    /// Counts a queue's jobs by state.
+    async fn queue_stats(&self, ns: &str, queue: &str) -> Result<v1::GetQueueStatsResponse>;
+
+    /// One maintenance pass over every queue: promote due scheduled jobs,
+    /// reap expired leases, delete finished jobs past their retention.
+    /// Returns how soon the next scheduled job is due, if known.
+    async fn maintain(&self) -> Result<Option<Duration>>;
+
+    /// Wakes `hub` whenever another process makes work ready, until
+    /// `shutdown`. (A store that is not shared wakes it directly.)
+    async fn relay_wakeups(&self, hub: Arc<WakeHub>, shutdown: CancellationToken);
+}

@@ -9,40 +9,18 @@ use prost::Message;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Value};
 
+use tokio_util::sync::CancellationToken;
+
 use super::codec::{self, Record, Reply, encode_map};
 use super::scripts::Scripts;
+use super::{Failure, Heartbeat, Maintained, Store, Submitted};
 use crate::error::{Error, Result};
 use crate::keys::{JobId, Keyspace, QueueKeys};
 use crate::model::NewJob;
+use crate::wake::WakeHub;
 
 /// How many due jobs one maintenance script call handles.
 const MAINTENANCE_BATCH: usize = 100;
-
-/// The answer to a Submit.
-#[derive(Clone, Debug)]
-pub struct Submitted {
-    pub job_id: String,
-    pub deduplicated: bool,
-    pub state: JobState,
-}
-
-/// The answer to a Heartbeat.
-#[derive(Clone, Debug)]
-pub struct Heartbeat {
-    pub cancel_requested: bool,
-    pub cancel_reason: String,
-    pub lease_expires_at_ms: u64,
-}
-
-/// What one maintenance pass over a queue did.
-#[derive(Clone, Debug, Default)]
-pub struct Maintained {
-    pub promoted: u64,
-    pub reaped: u64,
-    pub expired: u64,
-    /// Milliseconds until the earliest scheduled job is due, if any.
-    pub next_due_in_ms: Option<u64>,
-}
 
 /// Settings of the store.
 #[derive(Clone, Debug)]
@@ -128,12 +106,6 @@ impl RedisStore {
         self.options.event_cap
     }
 
-    /// Answers once Redis does.
-    pub async fn ping(&self) -> Result<()> {
-        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
-        Ok(())
-    }
-
     /// Records the queue for the maintenance passes (idempotent).
     async fn register(&self, qk: &QueueKeys) -> Result<()> {
         let _: i64 = self.conn().sadd(self.keys.registry(), qk.tag()).await?;
@@ -152,8 +124,146 @@ impl RedisStore {
             .collect())
     }
 
+    async fn state_of(&self, ns: &str, id: &JobId) -> Result<JobState> {
+        let qk = self.keys.queue(ns, id.queue());
+        let st: Option<i64> = self.conn().hget(qk.job(id), "st").await?;
+        Ok(st.map_or(JobState::Unspecified, codec::state))
+    }
+
+    fn lease_lock(&self, tag: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .lease_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if locks.len() > 10_000 {
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        locks.entry(tag.to_owned()).or_default().clone()
+    }
+
+    /// One maintenance pass over a queue: promotes due scheduled jobs, reaps
+    /// expired leases, deletes finished jobs past their retention. Safe in
+    /// every replica at once: the scripts re-check each job on Redis's clock.
+    async fn maintain_queue(&self, ns: &str, queue: &str) -> Result<Maintained> {
+        let qk = self.keys.queue(ns, queue);
+        let mut conn = self.conn();
+        let mut out = Maintained::default();
+        let batch = isize::try_from(MAINTENANCE_BATCH).unwrap_or(100) - 1;
+        loop {
+            type Scored = Vec<(String, f64)>;
+            let ((secs, micros), sched, active, done): ((u64, u64), Scored, Scored, Scored) =
+                redis::pipe()
+                    .cmd("TIME")
+                    .zrange_withscores(qk.sched(), 0, batch)
+                    .zrange_withscores(qk.active(), 0, batch)
+                    .zrange_withscores(qk.done(), 0, batch)
+                    .query_async(&mut conn)
+                    .await?;
+            // Redis's clock only picks candidates; each script re-checks.
+            let now = (secs * 1000 + micros / 1000) as f64;
+            let due = |set: &[(String, f64)]| -> Vec<JobId> {
+                set.iter()
+                    .take_while(|(_, at)| *at <= now)
+                    .filter_map(|(id, _)| JobId::parse(id).ok())
+                    .collect()
+            };
+            let (to_promote, to_reap, to_expire) = (due(&sched), due(&active), due(&done));
+            out.next_due_in_ms = sched
+                .iter()
+                .find(|(_, at)| *at > now)
+                .map(|(_, at)| (*at - now) as u64);
+            if !to_promote.is_empty() {
+                let mut inv = self.scripts.promote.prepare_invoke();
+                inv.key(qk.sched()).key(qk.ready()).key(qk.seq());
+                with_job_keys(&mut inv, &qk, &to_promote);
+                inv.arg(self.cap())
+                    .arg(self.keys.wake_channel())
+                    .arg(qk.tag());
+                with_ids(&mut inv, &to_promote);
+                let n: u64 = inv.invoke_async(&mut conn).await?;
+                out.promoted += n;
+            }
+            if !to_reap.is_empty() {
+                let expired = v1::JobError {
+                    message: "lease expired: the worker stopped heartbeating".into(),
+                    code: "lease_expired".into(),
+                    details: String::new(),
+                };
+                let timed_out = v1::JobError {
+                    message: "the attempt ran past the job's timeout".into(),
+                    code: "timeout".into(),
+                    details: String::new(),
+                };
+                let mut inv = self.scripts.reap.prepare_invoke();
+                inv.key(qk.active())
+                    .key(qk.sched())
+                    .key(qk.dead())
+                    .key(qk.done())
+                    .key(qk.ready())
+                    .key(qk.seq());
+                with_job_keys(&mut inv, &qk, &to_reap);
+                inv.arg(self.cap())
+                    .arg(jitter())
+                    .arg(expired.encode_to_vec())
+                    .arg(timed_out.encode_to_vec())
+                    .arg(self.keys.wake_channel())
+                    .arg(qk.tag());
+                with_ids(&mut inv, &to_reap);
+                let reaped: Vec<String> = inv.invoke_async(&mut conn).await?;
+                for id in &reaped {
+                    tracing::info!(job_id = %id, "lease expired");
+                }
+                out.reaped += reaped.len() as u64;
+            }
+            if !to_expire.is_empty() {
+                let mut inv = self.scripts.expire.prepare_invoke();
+                inv.key(qk.done()).key(qk.dead());
+                with_job_keys(&mut inv, &qk, &to_expire);
+                with_ids(&mut inv, &to_expire);
+                let n: u64 = inv.invoke_async(&mut conn).await?;
+                out.expired += n;
+            }
+            let full = |v: &[JobId]| v.len() >= MAINTENANCE_BATCH;
+            if !(full(&to_promote) || full(&to_reap) || full(&to_expire)) {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Store for RedisStore {
+    /// Answers once Redis does.
+    async fn maintain(&self) -> Result<Option<Duration>> {
+        let mut next_due: Option<Duration> = None;
+        for (ns, queue) in self.queues().await? {
+            match self.maintain_queue(&ns, &queue).await {
+                Ok(done) => {
+                    if let Some(ms) = done.next_due_in_ms {
+                        let due = Duration::from_millis(ms);
+                        next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, namespace = %ns, %queue, "maintenance pass failed");
+                }
+            }
+        }
+        Ok(next_due)
+    }
+
+    async fn relay_wakeups(&self, hub: Arc<WakeHub>, shutdown: CancellationToken) {
+        hub.relay(self.client.clone(), self.keys.wake_channel(), shutdown)
+            .await;
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
     /// Creates a job, or finds the one its idempotency key already made.
-    pub async fn submit(&self, ns: &str, job: &NewJob) -> Result<Submitted> {
+    async fn submit(&self, ns: &str, job: &NewJob) -> Result<Submitted> {
         let qk = self.keys.queue(ns, job.queue());
         self.register(&qk).await?;
         let idem_key = job.idempotency_key.as_deref().unwrap_or("");
@@ -242,14 +352,8 @@ impl RedisStore {
         }
     }
 
-    async fn state_of(&self, ns: &str, id: &JobId) -> Result<JobState> {
-        let qk = self.keys.queue(ns, id.queue());
-        let st: Option<i64> = self.conn().hget(qk.job(id), "st").await?;
-        Ok(st.map_or(JobState::Unspecified, codec::state))
-    }
-
     /// The job's record.
-    pub async fn get(&self, ns: &str, id: &JobId) -> Result<v1::Job> {
+    async fn get(&self, ns: &str, id: &JobId) -> Result<v1::Job> {
         let qk = self.keys.queue(ns, id.queue());
         let fields: HashMap<String, Vec<u8>> = self.conn().hgetall(qk.job(id)).await?;
         Record::new(fields)
@@ -259,7 +363,7 @@ impl RedisStore {
 
     /// Cancels a job; returns its state after the call and whether a cancel
     /// was requested.
-    pub async fn cancel(&self, ns: &str, id: &JobId, reason: &str) -> Result<(JobState, bool)> {
+    async fn cancel(&self, ns: &str, id: &JobId, reason: &str) -> Result<(JobState, bool)> {
         let qk = self.keys.queue(ns, id.queue());
         let value: Value = self
             .scripts
@@ -281,19 +385,8 @@ impl RedisStore {
         }
     }
 
-    fn lease_lock(&self, tag: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self
-            .lease_locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if locks.len() > 10_000 {
-            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
-        }
-        locks.entry(tag.to_owned()).or_default().clone()
-    }
-
     /// Leases up to `max` ready jobs of one queue, at once (no waiting).
-    pub async fn lease(
+    async fn lease(
         &self,
         ns: &str,
         queue: &str,
@@ -337,7 +430,7 @@ impl RedisStore {
         Ok(Vec::new())
     }
 
-    pub async fn heartbeat(
+    async fn heartbeat(
         &self,
         ns: &str,
         id: &JobId,
@@ -372,13 +465,7 @@ impl RedisStore {
         }
     }
 
-    pub async fn complete(
-        &self,
-        ns: &str,
-        id: &JobId,
-        token: &str,
-        result: &[u8],
-    ) -> Result<JobState> {
+    async fn complete(&self, ns: &str, id: &JobId, token: &str, result: &[u8]) -> Result<JobState> {
         let qk = self.keys.queue(ns, id.queue());
         let value: Value = self
             .scripts
@@ -402,20 +489,18 @@ impl RedisStore {
 
     /// Ends an attempt with an error; returns the next state and, when it
     /// will be retried after a backoff, how long from now.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn fail(
+    async fn fail(
         &self,
         ns: &str,
         id: &JobId,
         token: &str,
-        error: &v1::JobError,
-        retryable: bool,
-        retry_after: Option<Duration>,
-        checkpoint: Option<&[u8]>,
+        failure: &Failure,
     ) -> Result<(JobState, Option<Duration>)> {
         let qk = self.keys.queue(ns, id.queue());
-        let retry_after_ms =
-            retry_after.map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let retry_after_ms = failure
+            .retry_after
+            .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let checkpoint = failure.checkpoint.as_deref();
         let value: Value = self
             .scripts
             .fail
@@ -430,8 +515,8 @@ impl RedisStore {
             .arg(id.to_string())
             .arg(token)
             .arg(self.cap())
-            .arg(error.encode_to_vec())
-            .arg(if retryable { "1" } else { "0" })
+            .arg(failure.error.encode_to_vec())
+            .arg(if failure.retryable { "1" } else { "0" })
             .arg(retry_after_ms)
             .arg(jitter())
             .arg(if checkpoint.is_some() { "1" } else { "0" })
@@ -454,7 +539,7 @@ impl RedisStore {
     }
 
     /// Hands a running job back without using up its attempt.
-    pub async fn release(
+    async fn release(
         &self,
         ns: &str,
         id: &JobId,
@@ -488,7 +573,7 @@ impl RedisStore {
     }
 
     /// Puts a FAILED job back in its queue.
-    pub async fn requeue(&self, ns: &str, id: &JobId) -> Result<JobState> {
+    async fn requeue(&self, ns: &str, id: &JobId) -> Result<JobState> {
         let qk = self.keys.queue(ns, id.queue());
         let value: Value = self
             .scripts
@@ -518,7 +603,7 @@ impl RedisStore {
 
     /// A page of a queue's dead letters, newest first. The cursor is the
     /// offset into the dead-letter set.
-    pub async fn list_failed(
+    async fn list_failed(
         &self,
         ns: &str,
         queue: &str,
@@ -550,7 +635,7 @@ impl RedisStore {
     }
 
     /// Counts a queue's jobs by state.
-    pub async fn queue_stats(&self, ns: &str, queue: &str) -> Result<v1::GetQueueStatsResponse> {
+    async fn queue_stats(&self, ns: &str, queue: &str) -> Result<v1::GetQueueStatsResponse> {
         let qk = self.keys.queue(ns, queue);
         let (scheduled, queued, running, failed, finished): (u64, u64, u64, u64, u64) =
             redis::pipe()
@@ -569,95 +654,6 @@ impl RedisStore {
             failed,
             finished,
         })
-    }
-
-    /// One maintenance pass over a queue: promotes due scheduled jobs, reaps
-    /// expired leases, deletes finished jobs past their retention. Safe in
-    /// every replica at once: the scripts re-check each job on Redis's clock.
-    pub async fn maintain(&self, ns: &str, queue: &str) -> Result<Maintained> {
-        let qk = self.keys.queue(ns, queue);
-        let mut conn = self.conn();
-        let mut out = Maintained::default();
-        let batch = isize::try_from(MAINTENANCE_BATCH).unwrap_or(100) - 1;
-        loop {
-            type Scored = Vec<(String, f64)>;
-            let ((secs, micros), sched, active, done): ((u64, u64), Scored, Scored, Scored) =
-                redis::pipe()
-                    .cmd("TIME")
-                    .zrange_withscores(qk.sched(), 0, batch)
-                    .zrange_withscores(qk.active(), 0, batch)
-                    .zrange_withscores(qk.done(), 0, batch)
-                    .query_async(&mut conn)
-                    .await?;
-            // Redis's clock only picks candidates; each script re-checks.
-            let now = (secs * 1000 + micros / 1000) as f64;
-            let due = |set: &[(String, f64)]| -> Vec<JobId> {
-                set.iter()
-                    .take_while(|(_, at)| *at <= now)
-                    .filter_map(|(id, _)| JobId::parse(id).ok())
-                    .collect()
-            };
-            let (to_promote, to_reap, to_expire) = (due(&sched), due(&active), due(&done));
-            out.next_due_in_ms = sched
-                .iter()
-                .find(|(_, at)| *at > now)
-                .map(|(_, at)| (*at - now) as u64);
-            if !to_promote.is_empty() {
-                let mut inv = self.scripts.promote.prepare_invoke();
-                inv.key(qk.sched()).key(qk.ready()).key(qk.seq());
-                with_job_keys(&mut inv, &qk, &to_promote);
-                inv.arg(self.cap())
-                    .arg(self.keys.wake_channel())
-                    .arg(qk.tag());
-                with_ids(&mut inv, &to_promote);
-                let n: u64 = inv.invoke_async(&mut conn).await?;
-                out.promoted += n;
-            }
-            if !to_reap.is_empty() {
-                let expired = v1::JobError {
-                    message: "lease expired: the worker stopped heartbeating".into(),
-                    code: "lease_expired".into(),
-                    details: String::new(),
-                };
-                let timed_out = v1::JobError {
-                    message: "the attempt ran past the job's timeout".into(),
-                    code: "timeout".into(),
-                    details: String::new(),
-                };
-                let mut inv = self.scripts.reap.prepare_invoke();
-                inv.key(qk.active())
-                    .key(qk.sched())
-                    .key(qk.dead())
-                    .key(qk.done())
-                    .key(qk.ready())
-                    .key(qk.seq());
-                with_job_keys(&mut inv, &qk, &to_reap);
-                inv.arg(self.cap())
-                    .arg(jitter())
-                    .arg(expired.encode_to_vec())
-                    .arg(timed_out.encode_to_vec())
-                    .arg(self.keys.wake_channel())
-                    .arg(qk.tag());
-                with_ids(&mut inv, &to_reap);
-                let reaped: Vec<String> = inv.invoke_async(&mut conn).await?;
-                for id in &reaped {
-                    tracing::info!(job_id = %id, "lease expired");
-                }
-                out.reaped += reaped.len() as u64;
-            }
-            if !to_expire.is_empty() {
-                let mut inv = self.scripts.expire.prepare_invoke();
-                inv.key(qk.done()).key(qk.dead());
-                with_job_keys(&mut inv, &qk, &to_expire);
-                with_ids(&mut inv, &to_expire);
-                let n: u64 = inv.invoke_async(&mut conn).await?;
-                out.expired += n;
-            }
-            let full = |v: &[JobId]| v.len() >= MAINTENANCE_BATCH;
-            if !(full(&to_promote) || full(&to_reap) || full(&to_expire)) {
-                return Ok(out);
-            }
-        }
     }
 }
 
