@@ -149,8 +149,8 @@ fn describe_status(status: &tonic::Status) -> String {
     }
 }
 
-/// The lowercase name of a gRPC status code, as in `not found`.
-pub fn code_name(code: Code) -> &'static str {
+/// The lowercase name of a gRPC status code, such as `not found`.
+fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "ok",
         Code::Cancelled => "cancelled",

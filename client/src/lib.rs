@@ -6,7 +6,7 @@ mod error;
 mod options;
 
 pub use client::{Client, DEFAULT_CONNECT_TIMEOUT, Submitted};
-pub use error::{Error, Result, code_name};
+pub use error::{Error, Result};
 pub use options::{RetryPolicy, SubmitOptions};
 
 /// The generated protobuf messages and gRPC stubs (`jobctl_proto`), for

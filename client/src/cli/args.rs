@@ -150,7 +150,12 @@ pub struct SubmitArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub priority: Option<i32>,
     /// Run no sooner than this long from now (10s, 5m, 1h 30m).
-    #[arg(long, value_parser = parse_duration, conflicts_with = "run_at")]
+    #[arg(
+        long,
+        value_parser = parse_duration,
+        value_name = "DURATION",
+        conflicts_with = "run_at"
+    )]
     pub delay: Option<Duration>,
     /// Run no sooner than this RFC 3339 time (2030-01-01T09:00:00+01:00).
     #[arg(long, value_parser = parse_time, value_name = "TIME")]

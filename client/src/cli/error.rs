@@ -76,7 +76,10 @@ impl CliError {
         let mut source = self.source();
         while let Some(err) = source {
             let text = err.to_string();
-            if !text.is_empty() && !line.contains(&text) {
+            // tonic's transport error says only "transport error"; its own
+            // source says what happened.
+            let says_nothing = text.is_empty() || text == "transport error";
+            if !says_nothing && !line.contains(&text) {
                 line.push_str(": ");
                 line.push_str(&text);
             }
