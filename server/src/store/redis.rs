@@ -620,6 +620,9 @@ impl Store for RedisStore {
             .take(limit)
             .filter_map(|id| JobId::parse(id).ok())
             .collect();
+        if ids.is_empty() {
+            return Ok((Vec::new(), None));
+        }
         let mut pipe = redis::pipe();
         for id in &ids {
             pipe.hgetall(qk.job(id));
