@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run -p jobctl-worker --example demo_worker -- \
-//!     [--server http://127.0.0.1:50051] [--queue default] [--step-ms 300]
+//!     [--server http://127.0.0.1:50051] [--queue default] [--step-ms 300] [--grace-ms 30000]
 //! ```
 
 use std::time::Duration;
@@ -16,10 +16,11 @@ struct Args {
     server: String,
     queue: String,
     step: Duration,
+    grace: Duration,
 }
 
 fn usage() -> String {
-    "usage: demo_worker [--server URL] [--queue NAME] [--step-ms MS]".to_owned()
+    "usage: demo_worker [--server URL] [--queue NAME] [--step-ms MS] [--grace-ms MS]".to_owned()
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -27,6 +28,7 @@ fn parse_args() -> Result<Args, String> {
         server: "http://127.0.0.1:50051".to_owned(),
         queue: "default".to_owned(),
         step: Duration::from_millis(300),
+        grace: Duration::from_secs(30),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -44,16 +46,19 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--server" => args.server = value,
             "--queue" => args.queue = value,
-            "--step-ms" => {
-                let ms = value
-                    .parse()
-                    .map_err(|_| format!("--step-ms: {value:?} is not a number"))?;
-                args.step = Duration::from_millis(ms);
-            }
+            "--step-ms" => args.step = millis(&flag, &value)?,
+            "--grace-ms" => args.grace = millis(&flag, &value)?,
             _ => return Err(format!("unknown argument {flag}\n{}", usage())),
         }
     }
     Ok(args)
+}
+
+fn millis(flag: &str, value: &str) -> Result<Duration, String> {
+    value
+        .parse()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("{flag}: {value:?} is not a number of milliseconds"))
 }
 
 /// Runs ten steps from the checkpoint on (the number of steps done).
@@ -105,6 +110,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let step = args.step;
     let worker = Worker::builder(args.server)
         .queues([args.queue])
+        .shutdown_grace(args.grace)
         .handler("demo", move |ctx: JobContext| demo(ctx, step))
         .build()?;
     worker.run_until_signal().await?;

@@ -19,7 +19,7 @@ pub enum Error {
     Config(String),
     /// The server refused a call for good (for example `UNAUTHENTICATED` on
     /// `Lease`, or `RESOURCE_EXHAUSTED` for a checkpoint over the size limit).
-    #[error("the server refused {op}")]
+    #[error("the server refused the {op} call")]
     Rejected {
         /// The RPC: `lease`, `heartbeat`, ...
         op: &'static str,

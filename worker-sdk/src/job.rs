@@ -78,7 +78,8 @@ pub(crate) async fn run_job(shared: Arc<Shared>, leased: LeasedJob, abandon: Can
         .await;
 }
 
-/// Hands back a lease without running its job.
+/// Hands back a lease without using up an attempt. Logs inside the
+/// caller's span, which names the job.
 pub(crate) async fn release(rpc: &Rpc, job_id: &str, lease_token: &str) {
     let request = ReleaseRequest {
         job_id: job_id.to_owned(),
@@ -91,17 +92,15 @@ pub(crate) async fn release(rpc: &Rpc, job_id: &str, lease_token: &str) {
     })
     .await
     {
-        Ok(answer) => info!(job_id, state = state_name(answer.state), "job handed back"),
+        Ok(answer) => info!(state = state_name(answer.state), "job handed back"),
         Err(GaveUp::Refused(_, status)) => warn!(
-            job_id,
             code = ?status.code(),
             error = %status.message(),
             "release refused"
         ),
-        Err(GaveUp::Stopped) => warn!(
-            job_id,
-            "could not hand the job back, it will run again once its lease expires"
-        ),
+        Err(GaveUp::Stopped) => {
+            warn!("could not hand the job back, it will run again once its lease expires");
+        }
     }
 }
 
@@ -144,6 +143,8 @@ struct Job {
     heartbeat_every: Duration,
     next_heartbeat: Instant,
     heartbeat_backoff: Backoff,
+    /// After a failed heartbeat, no other goes out before this.
+    retry_not_before: Option<Instant>,
     lease_lost: bool,
     abandon: CancellationToken,
     deadline: Option<Instant>,
@@ -183,6 +184,7 @@ impl Job {
             heartbeat_every,
             next_heartbeat: now + heartbeat_every,
             heartbeat_backoff: Backoff::rpc(),
+            retry_not_before: None,
             lease_lost: false,
             abandon,
             deadline: deadline_at,
@@ -227,7 +229,14 @@ impl Job {
             let (progress_due, heartbeat_due) = if self.lease_lost {
                 (None, None)
             } else {
-                (self.tracker.due(now), Some(self.next_heartbeat))
+                let progress_due = self
+                    .tracker
+                    .due(now)
+                    .map(|due| match self.retry_not_before {
+                        Some(not_before) => due.max(not_before),
+                        None => due,
+                    });
+                (progress_due, Some(self.next_heartbeat))
             };
             let deadline = if deadline_fired { None } else { self.deadline };
             let event = tokio::select! {
@@ -481,6 +490,7 @@ impl Job {
             }
             Some(Ok(answer)) => {
                 self.heartbeat_backoff.reset();
+                self.retry_not_before = None;
                 self.next_heartbeat = Instant::now() + self.heartbeat_every;
                 if answer.cancel_requested
                     && !matches!(
@@ -502,6 +512,7 @@ impl Job {
             .next_delay()
             .min(self.heartbeat_every);
         self.next_heartbeat = Instant::now() + retry_in;
+        self.retry_not_before = Some(self.next_heartbeat);
         match classify(status.code()) {
             Failure::LeaseLost => {
                 self.lease_lost = true;

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::transport::Endpoint;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use crate::backoff::{Backoff, lease_failure_is_fatal};
 use crate::handler::{BoxHandler, HandlerResult, Handlers, boxed};
@@ -604,9 +604,13 @@ impl LeaseLoop {
                 }
                 None => {
                     warn!(job_id = %job.job_id, "server leased more jobs than asked for, handing it back");
-                    self.jobs.spawn(async move {
-                        release(&shared.rpc, &job.job_id, &job.lease_token).await;
-                    });
+                    let span = tracing::info_span!("job", job_id = %job.job_id, kind = %job.kind);
+                    self.jobs.spawn(
+                        async move {
+                            release(&shared.rpc, &job.job_id, &job.lease_token).await;
+                        }
+                        .instrument(span),
+                    );
                 }
             }
         }

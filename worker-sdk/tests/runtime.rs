@@ -596,3 +596,50 @@ async fn a_refused_lease_stops_the_worker_with_an_error() {
         other => panic!("expected a rejected lease, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn failing_heartbeats_back_off_and_the_last_progress_still_arrives() {
+    let server = serve().await;
+    server.fake.update(|s| s.unavailable_heartbeats = true);
+    let worker = builder(&server.endpoint())
+        .progress_interval(Duration::ZERO)
+        .handler("chatty", |ctx: JobContext| async move {
+            for i in 0..=100u64 {
+                ctx.set_progress_units(i, 100, "working");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(Vec::new())
+        })
+        .build()
+        .unwrap();
+    let (stop, run) = fake::spawn(|stop| worker.run(stop.cancelled_owned()));
+    server.fake.push(job("h", "chatty", b""));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let attempts = server
+        .fake
+        .state()
+        .log
+        .iter()
+        .filter(|c| *c == "heartbeat:h")
+        .count();
+    assert!(
+        (1..=15).contains(&attempts),
+        "{attempts} heartbeats in 800ms"
+    );
+    server.fake.update(|s| s.unavailable_heartbeats = false);
+    server
+        .fake
+        .wait_for("complete", |s| s.completed("h").is_some())
+        .await;
+    {
+        let s = server.fake.state();
+        let last = s
+            .heartbeats_of("h")
+            .last()
+            .and_then(|h| h.progress.clone())
+            .unwrap();
+        assert_eq!((last.current, last.total, last.percent), (100, 100, 100.0));
+    }
+    stop.cancel();
+    run.await.unwrap().unwrap();
+}

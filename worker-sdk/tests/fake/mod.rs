@@ -36,6 +36,8 @@ pub struct State {
     pub refuse_lease: Option<Code>,
     /// Answer this many Complete calls UNAVAILABLE first.
     pub unavailable_completes: u32,
+    /// Answer every Heartbeat UNAVAILABLE.
+    pub unavailable_heartbeats: bool,
     /// Answer Lease at once, ignoring its wait.
     pub ignore_wait: bool,
     /// Lease this many jobs more than asked for.
@@ -185,6 +187,9 @@ impl WorkerService for Svc {
         let r = request.into_inner();
         self.update(|s| {
             s.log.push(format!("heartbeat:{}", r.job_id));
+            if s.unavailable_heartbeats {
+                return Err(Status::unavailable("try again"));
+            }
             Fake::check_lease(s, &r.job_id, &r.lease_token)?;
             s.heartbeats.push(r.clone());
             Ok(Response::new(HeartbeatResponse {
