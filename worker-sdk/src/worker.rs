@@ -401,8 +401,8 @@ impl Worker {
     ///
     /// Returns an error only if the server refuses to lease for good
     /// (`UNAUTHENTICATED`, `PERMISSION_DENIED`, `INVALID_ARGUMENT`,
-    /// `UNIMPLEMENTED`); the running jobs are let finish first. An
-    /// unreachable server is waited for, whatever long.
+    /// `UNIMPLEMENTED`); the running jobs still get to finish first. An
+    /// unreachable server is waited for, however long that takes.
     pub async fn run<F>(self, shutdown: F) -> Result<(), Error>
     where
         F: Future<Output = ()>,
