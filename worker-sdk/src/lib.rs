@@ -8,6 +8,8 @@ mod handler;
 mod job;
 mod progress;
 mod rpc;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod worker;
 
 pub use context::{CancelReason, JobContext};
