@@ -89,8 +89,11 @@ pub struct Harness {
     client: Client,
     stop_server: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), jobctl_server::Error>>>,
-    workers: Vec<(oneshot::Sender<()>, JoinHandle<Result<(), Error>>)>,
+    workers: Vec<RunningWorker>,
 }
+
+/// A spawned worker: its stop signal and its task.
+type RunningWorker = (oneshot::Sender<()>, JoinHandle<Result<(), Error>>);
 
 impl Harness {
     /// Starts jobctl on the embedded store with test-friendly settings:
