@@ -1,1 +1,57 @@
-//! placeholder
+//! The end-to-end test harness of jobctl.
+//!
+//! Every test starts real things and talks to them over the wire:
+//!
+//! - [`RedisServer`]: a `redis-server` process on a free port in its own
+//!   temporary directory (optionally under libfaketime, or in cluster mode),
+//!   killed when dropped. Each test gets its own, so tests run in parallel and
+//!   nothing is ever flushed.
+//! - [`TestServer`]: `jobctl_server::serve` in-process on `127.0.0.1:0`, with
+//!   connected job, worker and admin clients.
+//! - [`ServerProcess`] and [`WorkerProcess`]: the `jobctl-server` binary and
+//!   the `jobctl-test-worker` binary (built on the worker SDK) as child
+//!   processes, for tests that kill them with SIGKILL.
+//! - [`eventually`] and [`holds_for`]: poll a condition until it is met (or
+//!   for as long as it must keep holding) instead of sleeping.
+//! - [`Snapshot`]: every Redis key with its type and value, to prove that a
+//!   refused request wrote nothing.
+//!
+//! The redis on port 6379 is never used.
+
+pub mod api;
+pub mod panics;
+pub mod process;
+pub mod redis_server;
+pub mod server;
+pub mod snapshot;
+pub mod wait;
+
+pub use api::*;
+pub use panics::{assert_no_panics, count_panics};
+pub use process::{ServerProcess, WorkerProcess, server_binary};
+pub use redis_server::{RedisOptions, RedisServer};
+pub use server::TestServer;
+pub use snapshot::{Snapshot, StoredValue};
+pub use wait::{eventually, holds_for};
+
+/// The path of the `jobctl-test-worker` binary, for [`WorkerProcess::spawn`].
+///
+/// A macro because Cargo only tells integration tests (not this library)
+/// where the package's binaries are.
+#[macro_export]
+macro_rules! test_worker_bin {
+    () => {
+        env!("CARGO_BIN_EXE_jobctl-test-worker")
+    };
+}
+
+/// Sets up logging for a test once: `RUST_LOG` (default `warn`), written
+/// through the test harness so it only shows for failing tests.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}

@@ -1,0 +1,214 @@
+//! The jobctl server, in-process.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use jobctl_proto::v1::GetStatusRequest;
+use jobctl_proto::v1::admin_service_client::AdminServiceClient;
+use jobctl_proto::v1::job_service_client::JobServiceClient;
+use jobctl_proto::v1::worker_service_client::WorkerServiceClient;
+use jobctl_server::Config;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::RedisServer;
+
+/// Flags every test server gets unless the test passes its own value.
+///
+/// The maintenance tick (reaper and promoter) runs every 100ms so that expired
+/// leases and due jobs are noticed quickly; jitter is off so backoff timing is
+/// predictable.
+pub const DEFAULT_FLAGS: &[(&str, &str)] = &[
+    ("--maintenance-interval", "100ms"),
+    ("--default-backoff-jitter", "0"),
+];
+
+/// `jobctl_server::serve` running in-process on `127.0.0.1:<free port>`
+/// against one Redis, with connected clients. Shut down when dropped.
+pub struct TestServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// `http://<addr>`.
+    pub endpoint: String,
+    /// A client of `jobctl.v1.JobService`.
+    pub job: JobServiceClient<Channel>,
+    /// A client of `jobctl.v1.WorkerService`.
+    pub worker: WorkerServiceClient<Channel>,
+    /// A client of `jobctl.v1.AdminService`.
+    pub admin: AdminServiceClient<Channel>,
+    channel: Channel,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), jobctl_server::Error>>>,
+}
+
+impl TestServer {
+    /// Starts a server against `redis` with [`DEFAULT_FLAGS`] and
+    /// `extra_flags` (`["--max-payload-bytes", "100"]`, or `"--flag=value"`),
+    /// and waits until it answers.
+    pub async fn start(redis: &RedisServer, extra_flags: &[&str]) -> Self {
+        Self::start_with_url(&redis.url(), extra_flags).await
+    }
+
+    /// Like [`TestServer::start`] with any Redis URL.
+    pub async fn start_with_url(redis_url: &str, extra_flags: &[&str]) -> Self {
+        crate::init_tracing();
+        crate::panics::install_panic_counter();
+        let config = config(redis_url, extra_flags);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local address");
+        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(jobctl_server::serve(config, listener, async move {
+            let _ = shutdown_rx.await;
+        }));
+        let endpoint = format!("http://{addr}");
+        let channel = Endpoint::from_shared(endpoint.clone())
+            .expect("endpoint")
+            .connect_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        let mut server = TestServer {
+            addr,
+            endpoint,
+            job: JobServiceClient::new(channel.clone()),
+            worker: WorkerServiceClient::new(channel.clone()),
+            admin: AdminServiceClient::new(channel.clone()),
+            channel,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    /// A channel to the server, for other clients.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// A new job client (the clients take `&mut self`).
+    pub fn job(&self) -> JobServiceClient<Channel> {
+        self.job.clone()
+    }
+
+    /// A new worker client.
+    pub fn worker(&self) -> WorkerServiceClient<Channel> {
+        self.worker.clone()
+    }
+
+    /// A new admin client.
+    pub fn admin(&self) -> AdminServiceClient<Channel> {
+        self.admin.clone()
+    }
+
+    /// Whether `serve` has returned (or panicked).
+    pub fn has_stopped(&self) -> bool {
+        self.task.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Asks the server to shut down and waits for `serve` to return its
+    /// result.
+    pub async fn shutdown(mut self) -> Result<(), jobctl_server::Error> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let task = self.task.take().expect("running server");
+        match tokio::time::timeout(Duration::from_secs(15), task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join_error)) => panic!("the server task failed: {join_error}"),
+            Err(_) => panic!("the server did not shut down within 15s"),
+        }
+    }
+
+    /// Polls a harmless request until the server answers it (any answer
+    /// that comes from the service, not the transport).
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut last;
+        loop {
+            if self.has_stopped() {
+                let task = self.task.take().expect("server task");
+                match task.await {
+                    Ok(Ok(())) => panic!("the server stopped before it was ready"),
+                    Ok(Err(e)) => panic!("the server failed to start: {e}"),
+                    Err(e) => panic!("the server task failed to start: {e}"),
+                }
+            }
+            let probe = self
+                .job
+                .get_status(GetStatusRequest {
+                    job_id: "readiness-probe:01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
+                })
+                .await;
+            match probe {
+                Ok(_) => return,
+                Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => {
+                    return;
+                }
+                Err(status) => last = format!("{status:?}"),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not become ready within 15s; last answer: {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Builds the server's [`Config`] from its command line: `--redis-url`,
+/// [`DEFAULT_FLAGS`] overridden by `extra_flags`, and `--http-listen
+/// 127.0.0.1:0` when the server has that flag (so parallel tests do not fight
+/// over the metrics port).
+pub fn config(redis_url: &str, extra_flags: &[&str]) -> Config {
+    let args = command_line(redis_url, extra_flags);
+    let mut with_http = args.clone();
+    with_http.extend(["--http-listen".to_owned(), "127.0.0.1:0".to_owned()]);
+    if !flag_given(extra_flags, "--http-listen")
+        && let Ok(config) = Config::try_parse_from(&with_http)
+    {
+        return config;
+    }
+    Config::try_parse_from(&args)
+        .unwrap_or_else(|e| panic!("the server refused the flags {args:?}: {e}"))
+}
+
+/// `jobctl-server --listen 127.0.0.1:0 --redis-url <url>` plus
+/// [`DEFAULT_FLAGS`] (unless overridden) and `extra_flags`.
+pub fn command_line(redis_url: &str, extra_flags: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "jobctl-server".to_owned(),
+        "--listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--redis-url".to_owned(),
+        redis_url.to_owned(),
+    ];
+    for (flag, value) in DEFAULT_FLAGS {
+        if !flag_given(extra_flags, flag) {
+            args.push((*flag).to_owned());
+            args.push((*value).to_owned());
+        }
+    }
+    args.extend(extra_flags.iter().map(|s| (*s).to_owned()));
+    args
+}
+
+fn flag_given(flags: &[&str], flag: &str) -> bool {
+    flags
+        .iter()
+        .any(|f| *f == flag || f.starts_with(&format!("{flag}=")))
+}
