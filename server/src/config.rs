@@ -41,6 +41,15 @@ pub struct Config {
     #[arg(long, env = "JOBCTL_MAINTENANCE_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub maintenance_interval: Duration,
 
+    /// How long a WatchProgress reader may leave its stream full before it
+    /// is cut off (told to resume with `after_seq`).
+    #[arg(long, env = "JOBCTL_WATCH_STUCK_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub watch_stuck_timeout: Duration,
+
+    /// HTTP/2 keep-alive ping interval, which keeps idle streams open through proxies.
+    #[arg(long, env = "JOBCTL_HTTP2_KEEPALIVE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive: Duration,
+
     /// Longest a shutdown waits for in-flight calls (long polls end at once).
     #[arg(long, env = "JOBCTL_SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

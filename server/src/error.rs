@@ -27,6 +27,10 @@ pub enum Error {
     #[error("{0}")]
     FailedPrecondition(String),
 
+    /// A resume point older than the kept history.
+    #[error("{0}")]
+    OutOfRange(String),
+
     /// The idempotency key was used before for a different request.
     #[error("idempotency key {key:?} was used for a different request (job {job_id})")]
     IdempotencyConflict { key: String, job_id: String },
@@ -83,6 +87,7 @@ impl From<Error> for Status {
             Error::NotFound(_) => Status::not_found(message),
             Error::FailedPrecondition(_) => Status::failed_precondition(message),
             Error::IdempotencyConflict { .. } => Status::already_exists(message),
+            Error::OutOfRange(_) => Status::out_of_range(message),
             Error::Unavailable(source) => {
                 tracing::warn!(error = %source, "redis unavailable");
                 Status::unavailable(message)

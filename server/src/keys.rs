@@ -17,6 +17,7 @@
 //! <prefix>:{<ns>:<queue>}:idem:<key>   hash    an idempotency key's job and request hash
 //! <prefix>:queues                      set     every "<ns>:<queue>" (for the reaper)
 //! <prefix>:wake                        channel "<ns>:<queue>" when work is ready
+//! (the event stream's name)             channel its newest sequence number, on every event
 //! ```
 
 use std::fmt;
@@ -109,6 +110,21 @@ impl Keyspace {
         format!("{}:queues", self.prefix)
     }
 
+    /// The pattern of every job's event channel (a channel is named after
+    /// the job's event stream; its messages are sequence numbers).
+    pub fn events_pattern(&self) -> String {
+        format!("{}:{{*}}:ev:*", self.prefix)
+    }
+
+    /// The namespace and job of an event channel (or stream key).
+    pub fn parse_events_key(&self, key: &str) -> Option<(String, JobId)> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix(":{")?;
+        let (tag, ulid) = rest.split_once("}:ev:")?;
+        let (ns, queue) = tag.split_once(':')?;
+        let id = JobId::parse(&format!("{queue}:{ulid}")).ok()?;
+        Some((ns.to_owned(), id))
+    }
+
     /// The channel that says a queue has ready work.
     pub fn wake_channel(&self) -> String {
         format!("{}:wake", self.prefix)
@@ -177,6 +193,18 @@ mod tests {
         ] {
             assert!(key.starts_with("jobctl:{default:emails}:"), "{key}");
         }
+    }
+
+    #[test]
+    fn event_keys_name_their_job() {
+        let keyspace = Keyspace::new("jobctl");
+        let id = JobId::new("emails");
+        let key = keyspace.queue("tenant-a", "emails").events(&id);
+        assert_eq!(
+            keyspace.parse_events_key(&key),
+            Some(("tenant-a".to_owned(), id))
+        );
+        assert_eq!(keyspace.parse_events_key("other:{a:b}:ev:x"), None);
     }
 
     #[test]

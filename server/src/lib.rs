@@ -10,8 +10,9 @@ pub mod error;
 pub mod keys;
 pub mod maintenance;
 pub mod model;
+pub mod signals;
 pub mod store;
-pub mod wake;
+pub mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,8 +29,8 @@ pub use error::Error;
 
 use crate::api::{AdminApi, JobApi, Shared, WorkerApi};
 use crate::model::Validator;
+use crate::signals::Signals;
 use crate::store::{MemoryStore, RedisStore, Store, StoreOptions};
-use crate::wake::WakeHub;
 
 /// Serves jobctl on `listener` until `shutdown` resolves, then stops
 /// accepting, ends long polls, lets in-flight calls finish (for at most
@@ -40,7 +41,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let wake = Arc::new(WakeHub::default());
+    let signals = Arc::new(Signals::default());
     let options = StoreOptions {
         key_prefix: config.key_prefix.clone(),
         event_cap: config.limits.event_history_max,
@@ -48,14 +49,14 @@ pub async fn serve(
     };
     let store: Arc<dyn Store> = match &config.redis_url {
         Some(url) => Arc::new(RedisStore::new(url, options)?),
-        None => Arc::new(MemoryStore::new(options, wake.clone())),
+        None => Arc::new(MemoryStore::new(options, signals.clone())),
     };
     let stopping = CancellationToken::new();
     let maintenance_waker = Arc::new(maintenance::Waker::default());
     let mut background = tokio::task::JoinSet::new();
     {
-        let (store, wake, stopping) = (store.clone(), wake.clone(), stopping.clone());
-        background.spawn(async move { store.relay_wakeups(wake, stopping).await });
+        let (store, signals, stopping) = (store.clone(), signals.clone(), stopping.clone());
+        background.spawn(async move { store.relay_signals(signals, stopping).await });
     }
     background.spawn(maintenance::run(
         store.clone(),
@@ -69,7 +70,8 @@ pub async fn serve(
             limits: config.limits.clone(),
             defaults: config.defaults.clone(),
         },
-        wake,
+        signals,
+        watch_stuck_after: config.watch_stuck_timeout,
         maintenance: maintenance_waker,
         shutdown: stopping.clone(),
     });
@@ -85,6 +87,7 @@ pub async fn serve(
     .unwrap_or(0)
         + (256 << 10);
     let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(config.http2_keepalive))
         .add_service(
             JobServiceServer::new(JobApi(shared.clone())).max_decoding_message_size(max_message),
         )

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use jobctl_client::{Client, SubmitOptions};
-use jobctl_proto::v1::JobState;
+use jobctl_proto::v1::{JobState, WatchProgressRequest};
 use jobctl_worker::{HandlerError, JobContext, Worker};
 use tokio::sync::oneshot;
 
@@ -73,35 +73,40 @@ async fn demo(endpoint: &str, images: u32) -> Result<(), Box<dyn std::error::Err
             SubmitOptions::new("default", "thumbnails").payload(images.to_string().into_bytes()),
         )
         .await?;
-    println!("submitted job {}", submitted.job_id);
-    let mut last = (0, 0, String::new());
-    loop {
-        let job = client.status(&submitted.job_id).await?;
-        let progress = job.progress.clone().unwrap_or_default();
-        let now = (job.state, progress.current, progress.message.clone());
-        if now != last {
-            let bar_len = (progress.percent / 5.0) as usize;
-            println!(
-                "  {:<9} [{:<20}] {:>3.0}%  {}",
-                state_name(job.state),
-                "#".repeat(bar_len.min(20)),
-                progress.percent,
-                progress.message
-            );
-            last = now;
-        }
-        match JobState::try_from(job.state) {
-            Ok(JobState::Succeeded) => {
-                println!("done: {}", String::from_utf8_lossy(&job.result));
+    println!("submitted job {}, watching its events:", submitted.job_id);
+    let mut events = client
+        .job_service()
+        .watch_progress(WatchProgressRequest {
+            job_id: submitted.job_id.clone(),
+            after_seq: 0,
+        })
+        .await?
+        .into_inner();
+    while let Some(message) = events.message().await? {
+        let Some(event) = message.event else { continue };
+        let progress = event.progress.clone().unwrap_or_default();
+        let bar_len = ((progress.percent / 5.0) as usize).min(20);
+        println!(
+            "  #{:<3} {:<9} [{:<20}] {:>3.0}%  {}",
+            event.seq,
+            state_name(event.state),
+            "#".repeat(bar_len),
+            progress.percent,
+            progress.message
+        );
+        match event.state() {
+            JobState::Succeeded => {
+                println!("done: {}", String::from_utf8_lossy(&event.result));
                 return Ok(());
             }
-            Ok(JobState::Failed | JobState::Cancelled) => {
-                let error = job.error.map(|e| e.message).unwrap_or_default();
-                return Err(format!("job ended {}: {error}", state_name(job.state)).into());
+            JobState::Failed | JobState::Cancelled => {
+                let error = event.error.map(|e| e.message).unwrap_or_default();
+                return Err(format!("job ended {}: {error}", state_name(event.state)).into());
             }
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => {}
         }
     }
+    Err("the event stream ended before the job did".into())
 }
 
 #[tokio::main]

@@ -9,7 +9,11 @@ use futures::Stream;
 use jobctl_proto::v1::{self, job_service_server::JobService};
 use tonic::{Request, Response, Status};
 
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
 use super::{Shared, job_id, namespace};
+use crate::watch::{STREAM_BUFFER, Watcher};
 
 /// Metadata kept with a job so the worker's span continues the submitter's trace.
 const TRACE_HEADERS: &[&str] = &["traceparent", "tracestate", "x-request-id"];
@@ -86,10 +90,30 @@ impl JobService for JobApi {
 
     async fn watch_progress(
         &self,
-        _request: Request<v1::WatchProgressRequest>,
+        request: Request<v1::WatchProgressRequest>,
     ) -> Result<Response<Self::WatchProgressStream>, Status> {
-        Err(Status::unimplemented(
-            "WatchProgress is not served by this version; read GetStatus",
-        ))
+        let ns = namespace(&request);
+        let req = request.get_ref();
+        let id = job_id(&req.job_id)?;
+        let shared = &self.0;
+        // Subscribe before the first read, so no event falls in between.
+        let feed = shared.signals.feed(ns, &id.to_string());
+        // Unknown jobs and trimmed resume points fail the call itself.
+        let first = shared.store.events(ns, &id, req.after_seq, 256).await?;
+        let watcher = Watcher {
+            store: shared.store.clone(),
+            signals: shared.signals.clone(),
+            ns: ns.to_owned(),
+            id,
+            after: req.after_seq,
+            stuck_after: shared.watch_stuck_after,
+            shutdown: shared.shutdown.clone(),
+        };
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(async move {
+            watcher.run(first, tx).await;
+            drop(feed);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -18,8 +18,8 @@ use crate::error::{Error, Result};
 use crate::keys::JobId;
 use crate::maintenance::Waker;
 use crate::model::Validator;
+use crate::signals::Signals;
 use crate::store::Store;
-use crate::wake::WakeHub;
 
 /// The namespace of callers while authentication is off.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -28,8 +28,10 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub struct Shared {
     pub store: Arc<dyn Store>,
     pub validator: Validator,
-    pub wake: Arc<WakeHub>,
+    pub signals: Arc<Signals>,
     pub maintenance: Arc<Waker>,
+    /// How long a watcher may leave its stream full before it is cut off.
+    pub watch_stuck_after: std::time::Duration,
     /// Cancelled when the server begins to shut down: long polls end.
     pub shutdown: CancellationToken,
 }

@@ -75,7 +75,7 @@ impl WorkerService for WorkerApi {
         let notifiers: Vec<_> = req
             .queues
             .iter()
-            .map(|q| shared.wake.notifier(&queue_tag(ns, q)))
+            .map(|q| shared.signals.notifier(&queue_tag(ns, q)))
             .collect();
         loop {
             // Register for wake-ups before looking, so none is missed between.

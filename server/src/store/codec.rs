@@ -184,3 +184,53 @@ pub fn state(n: i64) -> v1::JobState {
         .and_then(|n| v1::JobState::try_from(n).ok())
         .unwrap_or(v1::JobState::Unspecified)
 }
+
+fn number<T: std::str::FromStr + Default>(bytes: &[u8]) -> T {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default()
+}
+
+/// Job events from an XRANGE reply (entry id `<seq>-0`; fields k kind,
+/// s state, t time ms, a attempt, p progress, e error, r result).
+pub fn stream_events(reply: &Value, job_id: &str) -> Result<Vec<v1::JobEvent>> {
+    let Value::Array(entries) = reply else {
+        return Ok(Vec::new());
+    };
+    let mut events = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(parts) = entry else {
+            return Err(Error::Corrupt("unexpected stream entry".into()));
+        };
+        let Some(Value::Array(fields)) = parts.get(1) else {
+            return Err(Error::Corrupt("stream entry without fields".into()));
+        };
+        let id = Reply(parts).str(0);
+        let seq = id
+            .split_once('-')
+            .and_then(|(seq, _)| seq.parse().ok())
+            .ok_or_else(|| Error::Corrupt(format!("stream entry id {id:?}")))?;
+        let mut event = v1::JobEvent {
+            seq,
+            job_id: job_id.to_owned(),
+            ..Default::default()
+        };
+        let fields = Reply(fields);
+        for i in (0..fields.0.len()).step_by(2) {
+            let value = fields.bytes(i + 1).unwrap_or_default();
+            match fields.str(i) {
+                "k" => event.kind = number(value),
+                "s" => event.state = number(value),
+                "t" => event.time = timestamp(number(value)),
+                "a" => event.attempt = number(value),
+                "p" => event.progress = Some(decode("progress", value)?),
+                "e" => event.error = Some(decode("error", value)?),
+                "r" => event.result = value.to_vec(),
+                _ => {}
+            }
+        }
+        events.push(event);
+    }
+    Ok(events)
+}

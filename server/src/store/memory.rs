@@ -18,12 +18,12 @@ use super::{Failure, Heartbeat, Store, StoreOptions, Submitted};
 use crate::error::{Error, Result};
 use crate::keys::{JobId, queue_tag};
 use crate::model::{Backoff, NewJob};
-use crate::wake::WakeHub;
+use crate::signals::Signals;
 
 /// The in-process job store.
 pub struct MemoryStore {
     options: StoreOptions,
-    wake: Arc<WakeHub>,
+    signals: Arc<Signals>,
     state: Mutex<State>,
 }
 
@@ -53,6 +53,9 @@ struct Queue {
 
 struct Job {
     id: JobId,
+    ns: String,
+    /// Where each new event is signalled, for watchers.
+    signals: Arc<Signals>,
     kind: String,
     payload: Vec<u8>,
     priority: i32,
@@ -138,6 +141,7 @@ impl Job {
         while self.events.len() > cap as usize {
             self.events.pop_front();
         }
+        self.signals.event(&self.ns, &self.id.to_string(), self.seq);
     }
 
     fn to_proto(&self) -> v1::Job {
@@ -240,10 +244,10 @@ impl Queue {
 }
 
 impl MemoryStore {
-    pub fn new(options: StoreOptions, wake: Arc<WakeHub>) -> Self {
+    pub fn new(options: StoreOptions, signals: Arc<Signals>) -> Self {
         MemoryStore {
             options,
-            wake,
+            signals,
             state: Mutex::new(State::default()),
         }
     }
@@ -259,7 +263,7 @@ impl MemoryStore {
     }
 
     fn wake(&self, ns: &str, queue: &str) {
-        self.wake.wake(&queue_tag(ns, queue));
+        self.signals.wake(&queue_tag(ns, queue));
     }
 
     /// Moves a job to a terminal state (mirrors `finish` in prelude.lua).
@@ -394,6 +398,8 @@ impl Store for MemoryStore {
         };
         let mut job = Job {
             id: new.id.clone(),
+            ns: ns.to_owned(),
+            signals: self.signals.clone(),
             kind: new.kind.clone(),
             payload: new.payload.clone(),
             priority: new.priority,
@@ -788,13 +794,39 @@ impl Store for MemoryStore {
         idempotency.retain(|_, (_, _, expires)| *expires > now);
         drop(state);
         for tag in woken {
-            self.wake.wake(&tag);
+            self.signals.wake(&tag);
         }
         Ok(next_due)
     }
 
-    async fn relay_wakeups(&self, _hub: Arc<WakeHub>, shutdown: CancellationToken) {
-        // Every transition wakes the hub directly; nothing else shares this store.
+    async fn events(
+        &self,
+        ns: &str,
+        id: &JobId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<v1::JobEvent>> {
+        let mut state = self.state();
+        let job = state.job(ns, id)?;
+        if let Some(oldest) = job.events.front()
+            && oldest.seq > after + 1
+        {
+            return Err(Error::OutOfRange(format!(
+                "events after {after} of job {id} are no longer kept; the oldest kept is {}",
+                oldest.seq
+            )));
+        }
+        Ok(job
+            .events
+            .iter()
+            .filter(|e| e.seq > after)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn relay_signals(&self, _signals: Arc<Signals>, shutdown: CancellationToken) {
+        // Every transition signals directly; no other process shares this store.
         shutdown.cancelled().await;
     }
 }

@@ -22,7 +22,7 @@ pub use self::redis::{RedisStore, StoreOptions};
 use crate::error::Result;
 use crate::keys::JobId;
 use crate::model::NewJob;
-use crate::wake::WakeHub;
+use crate::signals::Signals;
 
 /// The answer to a Submit.
 #[derive(Clone, Debug)]
@@ -140,7 +140,19 @@ pub trait Store: Send + Sync + 'static {
     /// Returns how soon the next scheduled job is due, if known.
     async fn maintain(&self) -> Result<Option<Duration>>;
 
-    /// Wakes `hub` whenever another process makes work ready, until
-    /// `shutdown`. (A store that is not shared wakes it directly.)
-    async fn relay_wakeups(&self, hub: Arc<WakeHub>, shutdown: CancellationToken);
+    /// The job's events with a sequence number above `after`, in order, at
+    /// most `limit`. `OUT_OF_RANGE` when events after `after` were trimmed
+    /// from the history; `NOT_FOUND` when there is no such job.
+    async fn events(
+        &self,
+        ns: &str,
+        id: &JobId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<v1::JobEvent>>;
+
+    /// Relays what other processes signal (work made ready, events
+    /// appended) into `signals`, until `shutdown`. A store no other process
+    /// shares signals directly and only waits.
+    async fn relay_signals(&self, signals: Arc<Signals>, shutdown: CancellationToken);
 }

@@ -17,7 +17,7 @@ use super::{Failure, Heartbeat, Maintained, Store, Submitted};
 use crate::error::{Error, Result};
 use crate::keys::{JobId, Keyspace, QueueKeys};
 use crate::model::NewJob;
-use crate::wake::WakeHub;
+use crate::signals::Signals;
 
 /// How many due jobs one maintenance script call handles.
 const MAINTENANCE_BATCH: usize = 100;
@@ -252,9 +252,51 @@ impl Store for RedisStore {
         Ok(next_due)
     }
 
-    async fn relay_wakeups(&self, hub: Arc<WakeHub>, shutdown: CancellationToken) {
-        hub.relay(self.client.clone(), self.keys.wake_channel(), shutdown)
+    async fn relay_signals(&self, signals: Arc<Signals>, shutdown: CancellationToken) {
+        signals
+            .relay(self.client.clone(), &self.keys, shutdown)
             .await;
+    }
+
+    async fn events(
+        &self,
+        ns: &str,
+        id: &JobId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<v1::JobEvent>> {
+        let qk = self.keys.queue(ns, id.queue());
+        let ev = qk.events(id);
+        let (exists, first, entries): (bool, Value, Value) = redis::pipe()
+            .exists(qk.job(id))
+            .cmd("XRANGE")
+            .arg(&ev)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("XRANGE")
+            .arg(&ev)
+            .arg(format!("({after}-0"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.conn())
+            .await?;
+        if !exists {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        let job_id = id.to_string();
+        let oldest = codec::stream_events(&first, &job_id)?;
+        if let Some(oldest) = oldest.first()
+            && oldest.seq > after + 1
+        {
+            return Err(Error::OutOfRange(format!(
+                "events after {after} of job {id} are no longer kept; the oldest kept is {}",
+                oldest.seq
+            )));
+        }
+        codec::stream_events(&entries, &job_id)
     }
 
     async fn ping(&self) -> Result<()> {

@@ -46,6 +46,8 @@ local function add_event(job, ev, cap, kind, state, now, extra)
     for i = 1, #extra do args[#args + 1] = extra[i] end
   end
   redis.call(unpack(args))
+  -- Watchers learn of it on a channel named after the stream (not a key).
+  redis.call('PUBLISH', ev, seq)
   return seq
 end
 
