@@ -64,10 +64,7 @@ impl Record {
     }
 
     fn num<T: std::str::FromStr + Default>(&self, f: &str) -> T {
-        self.bytes(f)
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_default()
+        number(self.bytes(f).unwrap_or_default())
     }
 
     /// The record as the contract's `Job`.
@@ -185,6 +182,7 @@ pub fn state(n: i64) -> v1::JobState {
         .unwrap_or(v1::JobState::Unspecified)
 }
 
+/// A decimal field; 0 (the default) when missing or malformed.
 fn number<T: std::str::FromStr + Default>(bytes: &[u8]) -> T {
     std::str::from_utf8(bytes)
         .ok()
