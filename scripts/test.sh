@@ -86,15 +86,18 @@ fi
 step "cargo build --workspace --bins"
 cargo build --workspace --bins
 
+# The end-to-end tests mostly wait on timers and processes, not the CPU, so
+# they run several per core (JOBCTL_TEST_THREADS to change).
+threads="${JOBCTL_TEST_THREADS:-8}"
 if [[ "$runner" == nextest ]]; then
-    step "cargo nextest run --workspace"
-    cargo nextest run --workspace --no-fail-fast "$@"
+    step "cargo nextest run --workspace --test-threads $threads"
+    cargo nextest run --workspace --no-fail-fast --test-threads "$threads" "$@"
     # nextest does not run doctests.
     step "cargo test --workspace --doc"
     cargo test --workspace --doc "$@"
 else
     step "cargo test --workspace"
-    cargo test --workspace --no-fail-fast "$@"
+    cargo test --workspace --no-fail-fast "$@" -- --test-threads "$threads"
 fi
 
 step "all checks passed"

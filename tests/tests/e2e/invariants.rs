@@ -141,8 +141,8 @@ async fn invariant_1_expired_lease_puts_job_back_then_fails_it_when_attempts_run
             lease_ttl: Some(pb_duration(SEC)),
             max_attempts: 2,
             retry: Some(backoff(
-                Duration::from_millis(50),
-                Duration::from_millis(50),
+                Duration::from_millis(400),
+                Duration::from_millis(400),
                 1.0,
             )),
             ..submit_request("hang", "k", "x")
@@ -163,7 +163,20 @@ async fn invariant_1_expired_lease_puts_job_back_then_fails_it_when_attempts_run
         }
     })
     .await;
-    // ...and then end: the job is handed out again, as attempt 2.
+    // ...and then end: back to SCHEDULED with the retry backoff (counted
+    // as a failed attempt)...
+    let scheduled =
+        wait_for_state(&srv.job, &id, JobState::Scheduled, Duration::from_secs(5)).await;
+    assert_eq!(scheduled.attempt, 1);
+    assert!(scheduled.error.is_some(), "a lost lease records an error");
+    let expired_at = system_time(first.lease_expires_at.as_ref().expect("lease_expires_at"));
+    let run_at = system_time(scheduled.run_at.as_ref().expect("run_at"));
+    let backoff = secs_between(run_at, expired_at);
+    assert!(
+        backoff >= 0.39,
+        "the retry waits the 400ms backoff after the lease expired, not {backoff:.3}s"
+    );
+    // ...and it is handed out again, as attempt 2.
     let second = lease_one(&srv.worker, "hang").await;
     assert!(leased_at.elapsed() >= Duration::from_millis(900));
     assert_eq!((second.job_id.as_str(), second.attempt), (id.as_str(), 2));

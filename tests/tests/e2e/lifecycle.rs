@@ -792,3 +792,244 @@ async fn queue_stats_count_jobs_by_state() {
         "{stats:?}"
     );
 }
+
+/// GetStatus reports what was submitted and what happened: every field of
+/// the request, the attempt, the worker, progress, result and timestamps in
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_status_reports_the_whole_job() {
+    let redis = RedisServer::start().await;
+    let srv = TestServer::start(&redis, &[]).await;
+    let request = SubmitRequest {
+        priority: 7,
+        max_attempts: 4,
+        retry: Some(backoff(
+            Duration::from_millis(250),
+            Duration::from_secs(9),
+            3.0,
+        )),
+        lease_ttl: Some(pb_duration(Duration::from_secs(20))),
+        timeout: Some(pb_duration(Duration::from_secs(600))),
+        idempotency_key: "report-2024-05".into(),
+        labels: labels(&[("tenant", "acme"), ("kind", "pdf")]),
+        retention: Some(pb_duration(Duration::from_secs(3600))),
+        ..submit_request("status", "export", "payload-bytes")
+    };
+    let r = srv
+        .job()
+        .submit(request.clone())
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(r.state(), JobState::Queued);
+    let id = r.job_id;
+    assert!(id.starts_with("status:"), "{id}");
+    let queued = get_job(&srv.job, &id).await;
+    assert_eq!(queued.id, id);
+    assert_eq!(queued.queue, "status");
+    assert_eq!(queued.kind, "export");
+    assert_eq!(queued.payload, b"payload-bytes");
+    assert_eq!(queued.state(), JobState::Queued);
+    assert_eq!(queued.priority, 7);
+    assert_eq!(queued.attempt, 0);
+    assert_eq!(queued.max_attempts, 4);
+    assert_eq!(queued.labels, request.labels);
+    assert_eq!(queued.idempotency_key, "report-2024-05");
+    assert_eq!(queued.lease_ttl, request.lease_ttl);
+    assert_eq!(queued.timeout, request.timeout);
+    assert_eq!(queued.retention, request.retention);
+    let retry = queued.retry.expect("retry policy");
+    assert_eq!(
+        retry.initial_backoff,
+        Some(pb_duration(Duration::from_millis(250)))
+    );
+    assert_eq!(retry.max_backoff, Some(pb_duration(Duration::from_secs(9))));
+    assert_eq!(retry.multiplier, 3.0);
+    assert!(queued.created_at.is_some());
+    assert!(queued.started_at.is_none() && queued.finished_at.is_none());
+    assert!(!queued.cancel_requested);
+
+    let mut lease_req = lease_request("status", 1);
+    lease_req.worker_id = "reporter-1".into();
+    let leased = srv
+        .worker()
+        .lease(lease_req)
+        .await
+        .expect("lease")
+        .into_inner()
+        .jobs;
+    let leased = leased.first().expect("a job");
+    assert_eq!(
+        leased.labels, request.labels,
+        "labels travel with the lease"
+    );
+    assert_eq!(
+        (leased.kind.as_str(), leased.queue.as_str()),
+        ("export", "status")
+    );
+    assert_eq!(leased.max_attempts, 4);
+    assert_eq!(leased.lease_ttl, request.lease_ttl);
+    srv.worker()
+        .heartbeat(HeartbeatRequest {
+            progress: Some(Progress {
+                percent: 40.0,
+                current: 4,
+                total: 10,
+                message: "rendering".into(),
+            }),
+            ..heartbeat_request(leased)
+        })
+        .await
+        .expect("heartbeat");
+    let running = get_job(&srv.job, &id).await;
+    assert_eq!(running.state(), JobState::Running);
+    assert_eq!(running.attempt, 1);
+    assert_eq!(running.worker_id, "reporter-1");
+    assert!(running.lease_expires_at.is_some());
+    assert_eq!(
+        running.progress,
+        Some(Progress {
+            percent: 40.0,
+            current: 4,
+            total: 10,
+            message: "rendering".into()
+        })
+    );
+    complete(&srv.worker, leased, b"the-report").await;
+    let done = get_job(&srv.job, &id).await;
+    assert_eq!(done.state(), JobState::Succeeded);
+    assert_eq!(done.result, b"the-report");
+    assert!(done.error.is_none());
+    let t = |ts: &Option<prost_types::Timestamp>, what: &str| {
+        system_time(ts.as_ref().unwrap_or_else(|| panic!("{what} is set")))
+    };
+    let (created, started, finished) = (
+        t(&done.created_at, "created_at"),
+        t(&done.started_at, "started_at"),
+        t(&done.finished_at, "finished_at"),
+    );
+    assert!(created <= started && started <= finished, "{done:?}");
+    let kept = secs_between(t(&done.expires_at, "expires_at"), finished);
+    assert!(
+        (kept - 3600.0).abs() < 1.0,
+        "expires_at = finished_at + retention, not +{kept}s"
+    );
+    assert!(
+        done.last_seq >= 3,
+        "queued, running, succeeded at least: {}",
+        done.last_seq
+    );
+}
+
+/// A job's execution timeout ends its attempt at the deadline even while
+/// its worker keeps heartbeating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execution_timeout_ends_an_attempt_even_while_heartbeating() {
+    let redis = RedisServer::start().await;
+    let srv = TestServer::start(&redis, &[]).await;
+    let timeout = Duration::from_millis(1500);
+    let id = submit(
+        &srv.job,
+        SubmitRequest {
+            lease_ttl: Some(pb_duration(Duration::from_secs(10))),
+            timeout: Some(pb_duration(timeout)),
+            max_attempts: 1,
+            ..submit_request("timeout", "k", "x")
+        },
+    )
+    .await;
+    let before = redis.time().await;
+    let leased = lease_one(&srv.worker, "timeout").await;
+    let started = Instant::now();
+    let deadline = system_time(
+        leased
+            .deadline
+            .as_ref()
+            .expect("a job with a timeout has a deadline"),
+    );
+    let off = secs_between(deadline, before + timeout);
+    assert!(
+        (0.0..1.0).contains(&off),
+        "deadline is lease time + timeout ({off:.3}s off)"
+    );
+    let expires = system_time(leased.lease_expires_at.as_ref().expect("lease_expires_at"));
+    assert!(expires <= deadline, "the lease never outlives the deadline");
+    let mut worker = srv.worker();
+    loop {
+        match worker.heartbeat(heartbeat_request(&leased)).await {
+            Ok(hb) => {
+                let until = hb.into_inner().lease_expires_at.map(|t| system_time(&t));
+                assert!(
+                    until <= Some(deadline),
+                    "a heartbeat never extends past the deadline"
+                );
+            }
+            Err(s) => {
+                assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the attempt outlived its 1.5s timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1300),
+        "{:?}",
+        started.elapsed()
+    );
+    let job = wait_for_state(&srv.job, &id, JobState::Failed, Duration::from_secs(5)).await;
+    assert!(job.error.is_some());
+}
+
+/// A job waiting out a retry backoff is cancelled at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_of_a_job_waiting_for_its_retry_is_immediate_and_final() {
+    let redis = RedisServer::start().await;
+    let srv = TestServer::start(&redis, &[]).await;
+    let id = submit(
+        &srv.job,
+        SubmitRequest {
+            max_attempts: 3,
+            retry: Some(backoff(
+                Duration::from_millis(300),
+                Duration::from_millis(300),
+                1.0,
+            )),
+            ..submit_request("cr", "k", "x")
+        },
+    )
+    .await;
+    let leased = lease_one(&srv.worker, "cr").await;
+    srv.worker()
+        .fail(fail_request(&leased, "flaky", true))
+        .await
+        .expect("fail");
+    assert_eq!(get_job(&srv.job, &id).await.state(), JobState::Scheduled);
+    let r = srv
+        .job()
+        .cancel(CancelRequest {
+            job_id: id.clone(),
+            reason: "give up".into(),
+        })
+        .await
+        .expect("cancel")
+        .into_inner();
+    assert_eq!(r.state(), JobState::Cancelled);
+    holds_for(
+        "the cancelled job staying cancelled",
+        Duration::from_millis(800),
+        || async {
+            let job = get_job(&srv.job, &id).await;
+            let leased = lease(&srv.worker, "cr", 1).await;
+            if job.state() == JobState::Cancelled && leased.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{:?}, leased {}", job.state(), leased.len()))
+            }
+        },
+    )
+    .await;
+}

@@ -627,3 +627,36 @@ async fn durations_and_timestamps_outside_protobuf_ranges_are_invalid_argument()
         failures.join("\n")
     );
 }
+
+/// A payload over the limit is RESOURCE_EXHAUSTED however far over it is,
+/// including messages past the transport's own size limit (which is also
+/// gRPC's standard code for an oversized message), and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_far_over_the_limit_are_resource_exhausted_too() {
+    let redis = RedisServer::start().await;
+    let srv = TestServer::start(&redis, &[]).await; // default limit: 1 MiB
+    let mut conn = redis.conn().await;
+    let before = Snapshot::take(&mut conn).await;
+    let mut failures = Vec::new();
+    for size in [(1 << 20) + 1, 2 << 20, 8 << 20] {
+        match srv
+            .job()
+            .submit(submit_request("q", "k", vec![0u8; size]))
+            .await
+        {
+            Ok(r) => failures.push(format!(
+                "{size} bytes: accepted as {}",
+                r.into_inner().job_id
+            )),
+            Err(s) if s.code() != Code::ResourceExhausted => {
+                failures.push(format!(
+                    "{size} bytes: expected ResourceExhausted, got {s:?}"
+                ));
+            }
+            Err(_) => {}
+        }
+    }
+    before.assert_unchanged(&Snapshot::take(&mut conn).await, "oversized payloads");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    submit(&srv.job, submit_request("q", "k", vec![0u8; 1 << 20])).await;
+}
