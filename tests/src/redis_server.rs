@@ -357,7 +357,8 @@ fn is_executable(path: &Path) -> bool {
 /// Debian, Fedora and source packages put it.
 pub fn find_libfaketime() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("JOBCTL_TEST_LIBFAKETIME") {
-        return Some(PathBuf::from(path));
+        let path = PathBuf::from(path);
+        return File::open(&path).is_ok().then_some(path);
     }
     let mut candidates = vec![
         PathBuf::from("/usr/local/lib/faketime/libfaketime.so.1"),

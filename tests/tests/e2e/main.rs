@@ -14,4 +14,5 @@ mod invariants;
 mod lifecycle;
 mod limits;
 mod malformed;
+mod model;
 mod worker_sdk;
