@@ -186,14 +186,14 @@ fn forward_lines<R: AsyncRead + Unpin + Send + 'static>(
         let mut lines = BufReader::new(reader).lines();
         let mut addr_tx = addr_tx;
         while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(mut out) = output.lock() {
+                out.push_str(&line);
+                out.push('\n');
+            }
             if let Some(addr) = listening_addr(&line)
                 && let Some(tx) = addr_tx.take()
             {
                 let _ = tx.send(addr);
-            }
-            if let Ok(mut out) = output.lock() {
-                out.push_str(&line);
-                out.push('\n');
             }
         }
     });
