@@ -15,4 +15,5 @@ mod lifecycle;
 mod limits;
 mod malformed;
 mod model;
+mod performance;
 mod worker_sdk;

@@ -1,0 +1,98 @@
+//! The performance shape of the design brief, as far as it is observable:
+//! waiting costs Redis nothing, and watchers and long polls share the
+//! server's Redis connections instead of opening one each.
+
+use std::time::Duration;
+
+use jobctl_proto::v1::{LeaseRequest, WatchProgressRequest};
+use jobctl_tests::*;
+
+async fn info_field(redis: &RedisServer, section: &str, field: &str) -> u64 {
+    let mut conn = redis.conn().await;
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(&mut conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("INFO {section} has no {field}"))
+}
+
+/// Twenty watchers and twenty idle long polls on one server: Redis sees no
+/// new connection per waiter, and (with the default 1s maintenance tick)
+/// only a trickle of commands while they all wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiting_watchers_and_long_polls_cost_redis_no_connections_and_few_commands() {
+    let redis = RedisServer::start().await;
+    let srv = TestServer::start(&redis, &["--maintenance-interval", "1s"]).await;
+    let id = submit(&srv.job, submit_request("busy", "k", "x")).await;
+    // Warm up: whatever connections the server keeps are open now.
+    lease(&srv.worker, "idle-0", 1).await;
+    let _ = srv
+        .job()
+        .watch_progress(WatchProgressRequest {
+            job_id: id.clone(),
+            after_seq: 0,
+        })
+        .await
+        .expect("watch")
+        .into_inner()
+        .message()
+        .await;
+    let clients_before = info_field(&redis, "clients", "connected_clients").await;
+
+    let mut watchers = Vec::new();
+    for _ in 0..20 {
+        let mut stream = srv
+            .job()
+            .watch_progress(WatchProgressRequest {
+                job_id: id.clone(),
+                after_seq: 0,
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        stream.message().await.expect("first event");
+        watchers.push(stream);
+    }
+    let polls: Vec<_> = (0..20)
+        .map(|i| {
+            let mut worker = srv.worker();
+            tokio::spawn(async move {
+                worker
+                    .lease(LeaseRequest {
+                        wait: Some(pb_duration(Duration::from_secs(6))),
+                        ..lease_request(&format!("idle-{i}"), 1)
+                    })
+                    .await
+            })
+        })
+        .collect();
+    // Let the polls arrive and settle into waiting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let clients_waiting = info_field(&redis, "clients", "connected_clients").await;
+    let commands_before = info_field(&redis, "stats", "total_commands_processed").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let commands_after = info_field(&redis, "stats", "total_commands_processed").await;
+
+    assert!(
+        clients_waiting <= clients_before + 3,
+        "20 watchers and 20 long polls opened {} Redis connections",
+        clients_waiting - clients_before
+    );
+    let commands = commands_after - commands_before;
+    assert!(
+        commands < 150,
+        "{commands} Redis commands in 2s while everything waited (polling instead of waiting?)"
+    );
+    assert!(
+        polls.iter().all(|p| !p.is_finished()),
+        "the long polls are still waiting"
+    );
+    for p in polls {
+        p.abort();
+    }
+    drop(watchers);
+}
