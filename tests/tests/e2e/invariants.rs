@@ -1024,6 +1024,33 @@ async fn invariant_8_leases_and_schedules_use_redis_clock() {
     );
 }
 
+/// The time at the start of a log line like `2026-11-22T03:02:57.579323Z ...`.
+fn log_time(line: &str) -> Option<SystemTime> {
+    let stamp = line.split_whitespace().next()?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let time = time.strip_suffix('Z')?;
+    let mut t = time.split(':');
+    let (hh, mm) = (
+        t.next()?.parse::<u64>().ok()?,
+        t.next()?.parse::<u64>().ok()?,
+    );
+    let ss = t.next()?.parse::<f64>().ok()?;
+    // Days from 1970-01-01 to y-m-day (proleptic Gregorian).
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+    Some(
+        SystemTime::UNIX_EPOCH
+            + Duration::from_secs(days * 86_400 + hh * 3600 + mm * 60)
+            + Duration::from_secs_f64(ss),
+    )
+}
+
 /// Invariant 8 across replicas: a replica whose clock runs an hour fast
 /// neither reaps leases early nor hands out leases that never expire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1044,6 +1071,19 @@ async fn invariant_8_replica_with_skewed_clock_does_not_change_lease_deadlines()
         &[],
     )
     .await;
+    // Its log lines carry its own clock: check that it really runs fast.
+    let logged = eventually("a timestamped log line", Duration::from_secs(5), || async {
+        fast.output()
+            .lines()
+            .find_map(log_time)
+            .ok_or_else(|| fast.output())
+    })
+    .await;
+    let skew = secs_between(logged, SystemTime::now());
+    assert!(
+        (skew - 3600.0).abs() < 60.0,
+        "the replica under libfaketime should log 1h ahead, but is {skew:.0}s off"
+    );
     let fast_worker = jobctl_proto::v1::worker_service_client::WorkerServiceClient::connect(
         fast.endpoint.clone(),
     )
