@@ -1311,6 +1311,29 @@ async fn invariant_9_every_transition_works_on_redis_cluster_with_one_hash_tag_p
         .expect("release");
     let l3 = lease_one(&srv.worker, qb).await;
     complete(&srv.worker, &l3, b"three").await;
+    // retention: a finished job's record is deleted when it expires
+    let short = submit(
+        &srv.job,
+        SubmitRequest {
+            retention: Some(pb_duration(SEC)),
+            ..submit_request(qb, "k", "short-lived")
+        },
+    )
+    .await;
+    let l5 = lease_one(&srv.worker, qb).await;
+    assert_eq!(l5.job_id, short);
+    complete(&srv.worker, &l5, b"gone soon").await;
+    eventually(
+        "the short-lived job to expire",
+        Duration::from_secs(5),
+        || async {
+            match try_get_job(&srv.job, &short).await {
+                Err(s) if s.code() == Code::NotFound => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
     // watch, stats
     // (WatchProgress is a read, not a transition; its own tests in
     // lifecycle.rs fail if it is missing.)
