@@ -17,6 +17,18 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 step() { printf '\n==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# Every check runs even when an earlier one fails; the script fails at the
+# end, naming what failed.
+failed=()
+check() {
+    local name="$1"
+    shift
+    step "$name"
+    if ! "$@"; then
+        failed+=("$name")
+    fi
+}
+
 # --- system packages -------------------------------------------------------
 
 have_libfaketime() {
@@ -60,44 +72,48 @@ fi
 
 # --- checks ----------------------------------------------------------------
 
-step "cargo fmt --all -- --check"
-cargo fmt --all -- --check
+check "cargo fmt --all -- --check" cargo fmt --all -- --check
+check "cargo clippy --workspace --all-targets -- -D warnings" \
+    cargo clippy --workspace --all-targets -- -D warnings
 
-step "cargo clippy --workspace --all-targets -- -D warnings"
-cargo clippy --workspace --all-targets -- -D warnings
-
-step "buf lint proto"
-if command -v buf >/dev/null; then
-    buf lint proto
-elif command -v npx >/dev/null; then
-    npx --yes @bufbuild/buf@1 lint proto
-elif command -v npm >/dev/null; then
-    cache="${XDG_CACHE_HOME:-$HOME/.cache}/jobctl-buf"
-    [[ -x "$cache/node_modules/.bin/buf" ]] \
-        || npm install --prefix "$cache" --no-save --no-audit --no-fund @bufbuild/buf@1
-    "$cache/node_modules/.bin/buf" lint proto
-else
-    die "buf lint needs buf, or Node.js (npx) to fetch it: https://buf.build/docs/installation"
-fi
+buf_lint() {
+    if command -v buf >/dev/null; then
+        buf lint proto
+    elif command -v npx >/dev/null; then
+        npx --yes @bufbuild/buf@1 lint proto
+    elif command -v npm >/dev/null; then
+        local cache="${XDG_CACHE_HOME:-$HOME/.cache}/jobctl-buf"
+        [[ -x "$cache/node_modules/.bin/buf" ]] \
+            || npm install --prefix "$cache" --no-save --no-audit --no-fund @bufbuild/buf@1
+        "$cache/node_modules/.bin/buf" lint proto
+    else
+        echo "buf lint needs buf, or Node.js (npx) to fetch it: https://buf.build/docs/installation" >&2
+        return 1
+    fi
+}
+check "buf lint proto" buf_lint
 
 # --- tests -----------------------------------------------------------------
 
 # The end-to-end tests also run the jobctl-server binary as a process.
-step "cargo build --workspace --bins"
-cargo build --workspace --bins
+check "cargo build --workspace --bins" cargo build --workspace --bins
 
 # The end-to-end tests mostly wait on timers and processes, not the CPU, so
 # they run several per core (JOBCTL_TEST_THREADS to change).
 threads="${JOBCTL_TEST_THREADS:-8}"
 if [[ "$runner" == nextest ]]; then
-    step "cargo nextest run --workspace --test-threads $threads"
-    cargo nextest run --workspace --no-fail-fast --test-threads "$threads" "$@"
+    check "cargo nextest run --workspace" \
+        cargo nextest run --workspace --no-fail-fast --test-threads "$threads" "$@"
     # nextest does not run doctests.
-    step "cargo test --workspace --doc"
-    cargo test --workspace --doc "$@"
+    check "cargo test --workspace --doc" cargo test --workspace --doc "$@"
 else
-    step "cargo test --workspace"
-    cargo test --workspace --no-fail-fast "$@" -- --test-threads "$threads"
+    check "cargo test --workspace" \
+        cargo test --workspace --no-fail-fast "$@" -- --test-threads "$threads"
 fi
 
+if ((${#failed[@]})); then
+    printf '\nFAILED:\n' >&2
+    printf '  %s\n' "${failed[@]}" >&2
+    exit 1
+fi
 step "all checks passed"
