@@ -17,6 +17,9 @@ pub mod watch;
 use std::future::Future;
 use std::sync::Arc;
 
+use http_body::Frame;
+use http_body_util::BodyExt;
+use http_body_util::combinators::MapFrame;
 use jobctl_proto::v1::admin_service_server::AdminServiceServer;
 use jobctl_proto::v1::job_service_server::JobServiceServer;
 use jobctl_proto::v1::worker_service_server::WorkerServiceServer;
@@ -31,6 +34,40 @@ use crate::api::{AdminApi, JobApi, Shared, WorkerApi};
 use crate::model::Validator;
 use crate::signals::Signals;
 use crate::store::{MemoryStore, RedisStore, Store, StoreOptions};
+
+/// A request over the transport's size limit is answered
+/// `RESOURCE_EXHAUSTED`, as gRPC's other implementations do and as every
+/// other size limit of jobctl is (tonic's own codec says `OUT_OF_RANGE`).
+fn oversized_is_resource_exhausted<B>(
+    response: http::Response<B>,
+) -> http::Response<MapFrame<B, fn(Frame<bytes::Bytes>) -> Frame<bytes::Bytes>>>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+{
+    fn rewrite(headers: &mut http::HeaderMap) {
+        let too_large = headers.get("grpc-status").is_some_and(|s| s == "11")
+            && headers
+                .get("grpc-message")
+                .and_then(|m| m.to_str().ok())
+                // grpc-message is percent-encoded.
+                .is_some_and(|m| m.replace("%20", " ").contains("message length too large"));
+        if too_large {
+            headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        }
+    }
+    fn in_trailers(frame: Frame<bytes::Bytes>) -> Frame<bytes::Bytes> {
+        match frame.into_trailers() {
+            Ok(mut trailers) => {
+                rewrite(&mut trailers);
+                Frame::trailers(trailers)
+            }
+            Err(frame) => frame,
+        }
+    }
+    let (mut parts, body) = response.into_parts();
+    rewrite(&mut parts.headers);
+    http::Response::from_parts(parts, body.map_frame(in_trailers as fn(_) -> _))
+}
 
 /// Serves jobctl on `listener` until `shutdown` resolves, then stops
 /// accepting, ends long polls, lets in-flight calls finish (for at most
@@ -88,6 +125,9 @@ pub async fn serve(
         + (256 << 10);
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(config.http2_keepalive))
+        .layer(tower::util::MapResponseLayer::new(
+            oversized_is_resource_exhausted,
+        ))
         .add_service(
             JobServiceServer::new(JobApi(shared.clone())).max_decoding_message_size(max_message),
         )

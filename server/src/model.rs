@@ -68,10 +68,36 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
 }
 
 /// A non-negative protobuf duration in milliseconds.
+/// Largest `seconds` of a valid protobuf Duration (10,000 years).
+const MAX_DURATION_SECONDS: i64 = 315_576_000_000;
+/// Range of `seconds` of a valid protobuf Timestamp (years 1 to 9999).
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_299_999;
+
+/// A non-negative protobuf duration in milliseconds. Only canonical
+/// durations are accepted: |nanos| below one second, and seconds and nanos
+/// not of opposite signs (as the protobuf spec requires).
 pub fn duration_ms(field: &'static str, d: &prost_types::Duration) -> Result<u64> {
-    let d =
-        Duration::try_from(*d).map_err(|_| invalid(field, "must be a non-negative duration"))?;
+    if d.seconds.abs() > MAX_DURATION_SECONDS
+        || d.nanos.abs() > 999_999_999
+        || (d.seconds > 0 && d.nanos < 0)
+        || (d.seconds < 0 && d.nanos > 0)
+    {
+        return Err(invalid(field, "is not a valid protobuf Duration"));
+    }
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(invalid(field, "must not be negative"));
+    }
+    let d = Duration::new(d.seconds.unsigned_abs(), d.nanos.unsigned_abs());
     u64::try_from(d.as_millis()).map_err(|_| invalid(field, "is too long"))
+}
+
+/// A protobuf timestamp as a time, if it is a valid one (nanos in
+/// 0..1e9, years 1 to 9999).
+fn timestamp(field: &'static str, t: &prost_types::Timestamp) -> Result<SystemTime> {
+    if !TIMESTAMP_SECONDS.contains(&t.seconds) || !(0..=999_999_999).contains(&t.nanos) {
+        return Err(invalid(field, "is not a valid protobuf Timestamp"));
+    }
+    SystemTime::try_from(*t).map_err(|_| invalid(field, "is not a valid timestamp"))
 }
 
 fn ms(d: Duration) -> u64 {
@@ -191,8 +217,7 @@ impl Validator {
                 (0, d)
             }
             Some(Schedule::RunAt(t)) => {
-                let at = SystemTime::try_from(*t)
-                    .map_err(|_| invalid("run_at", "is not a valid timestamp"))?;
+                let at = timestamp("run_at", t)?;
                 let at = at
                     .duration_since(UNIX_EPOCH)
                     .map_err(|_| invalid("run_at", "is before 1970"))?;
@@ -438,6 +463,10 @@ mod tests {
         assert_eq!(job.backoff.initial_ms, 1000);
     }
 
+    fn dur(seconds: i64, nanos: i32) -> prost_types::Duration {
+        prost_types::Duration { seconds, nanos }
+    }
+
     #[test]
     fn out_of_range_fields_name_the_field() {
         let v = validator();
@@ -463,6 +492,23 @@ mod tests {
                         jitter: 2.0,
                         ..Default::default()
                     })
+                }),
+            ),
+            (
+                "delay",
+                Box::new(|r| r.schedule = Some(Schedule::Delay(dur(1, 2_000_000_000)))),
+            ),
+            (
+                "delay",
+                Box::new(|r| r.schedule = Some(Schedule::Delay(dur(1, -1)))),
+            ),
+            (
+                "run_at",
+                Box::new(|r| {
+                    r.schedule = Some(Schedule::RunAt(prost_types::Timestamp {
+                        seconds: 1,
+                        nanos: -5,
+                    }))
                 }),
             ),
         ];

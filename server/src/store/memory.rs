@@ -513,7 +513,7 @@ impl Store for MemoryStore {
                 continue;
             }
             job.fence += 1;
-            let token = format!("{}.{nonce}", job.fence);
+            let token = format!("{}.{nonce}{}", job.fence, out.len() + 1);
             job.attempt += 1;
             let mut lease_expires = now + job.lease_ttl_ms;
             job.deadline = 0;

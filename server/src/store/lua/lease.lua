@@ -17,7 +17,7 @@ for i = 4, #ARGV do
     local f = redis.call('HMGET', job, 'st', 'lt', 'to')
     if tonumber(f[1]) == S_QUEUED then
       local fence = redis.call('HINCRBY', job, 'fen', 1)
-      local token = fence .. '.' .. ARGV[2]
+      local token = fence .. '.' .. ARGV[2] .. (i - 3)
       local attempt = redis.call('HINCRBY', job, 'a', 1)
       local le = now + tonumber(f[2])
       local dl = 0
