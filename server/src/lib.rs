@@ -38,9 +38,11 @@ use crate::store::{MemoryStore, RedisStore, Store, StoreOptions};
 /// A request over the transport's size limit is answered
 /// `RESOURCE_EXHAUSTED`, as gRPC's other implementations do and as every
 /// other size limit of jobctl is (tonic's own codec says `OUT_OF_RANGE`).
+type FrameMap = fn(Frame<bytes::Bytes>) -> Frame<bytes::Bytes>;
+
 fn oversized_is_resource_exhausted<B>(
     response: http::Response<B>,
-) -> http::Response<MapFrame<B, fn(Frame<bytes::Bytes>) -> Frame<bytes::Bytes>>>
+) -> http::Response<MapFrame<B, FrameMap>>
 where
     B: http_body::Body<Data = bytes::Bytes>,
 {
@@ -66,7 +68,7 @@ where
     }
     let (mut parts, body) = response.into_parts();
     rewrite(&mut parts.headers);
-    http::Response::from_parts(parts, body.map_frame(in_trailers as fn(_) -> _))
+    http::Response::from_parts(parts, body.map_frame(in_trailers as FrameMap))
 }
 
 /// Serves jobctl on `listener` until `shutdown` resolves, then stops
