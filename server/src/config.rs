@@ -50,6 +50,10 @@ pub struct Config {
     #[arg(long, env = "JOBCTL_HTTP2_KEEPALIVE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub http2_keepalive: Duration,
 
+    /// How often the store is pinged for gRPC health (SERVING only while it answers).
+    #[arg(long, env = "JOBCTL_HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub health_check_interval: Duration,
+
     /// Longest a shutdown waits for in-flight calls (long polls end at once).
     #[arg(long, env = "JOBCTL_SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod keys;
 pub mod maintenance;
 pub mod model;
@@ -103,6 +104,24 @@ pub async fn serve(
         maintenance_waker.clone(),
         stopping.clone(),
     ));
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    background.spawn(health::run(
+        store.clone(),
+        health_reporter,
+        config.health_check_interval,
+        stopping.clone(),
+    ));
+    let reflection = |builder: tonic_reflection::server::Builder<'static>| {
+        builder
+            .register_encoded_file_descriptor_set(jobctl_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1()
+        .map_err(|e| Error::Startup(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1alpha()
+        .map_err(|e| Error::Startup(format!("reflection: {e}")))?;
     let shared = Arc::new(Shared {
         store,
         validator: Validator {
@@ -130,6 +149,9 @@ pub async fn serve(
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_resource_exhausted,
         ))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(
             JobServiceServer::new(JobApi(shared.clone())).max_decoding_message_size(max_message),
         )
