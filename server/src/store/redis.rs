@@ -19,6 +19,10 @@ use crate::keys::{JobId, Keyspace, QueueKeys};
 use crate::model::NewJob;
 use crate::signals::Signals;
 
+/// How many times one Lease tries again after losing every candidate to
+/// other replicas before it answers empty-handed.
+const LEASE_RACES: usize = 64;
+
 /// How many due jobs one maintenance script call handles.
 const MAINTENANCE_BATCH: usize = 100;
 
@@ -439,9 +443,11 @@ impl Store for RedisStore {
         let lock = self.lease_lock(qk.tag());
         let _guard = lock.lock().await;
         let mut conn = self.conn();
-        // Another replica may take some of the head first; try again a few
-        // times before reporting the queue empty.
-        for _ in 0..4 {
+        // Another replica may take the candidates first. Each lost race means
+        // someone else made progress, so try again while the ready set is
+        // not empty: an empty answer must mean an empty queue, or a long
+        // poll would wait for a wake-up that already came.
+        for _ in 0..LEASE_RACES {
             let limit = isize::try_from(max).unwrap_or(isize::MAX) - 1;
             let candidates: Vec<String> = conn.zrange(qk.ready(), 0, limit).await?;
             if candidates.is_empty() {
