@@ -46,6 +46,12 @@ pub struct RedisStore {
     /// Serialises this process's leases per queue, so its own Lease calls
     /// do not race each other for the same head of the ready set.
     lease_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// When this process last recorded each queue in the registry.
+    registered: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Why a transition was refused, from a script's status word.
@@ -90,6 +96,7 @@ impl RedisStore {
             scripts: Scripts::new(),
             options,
             lease_locks: Mutex::new(HashMap::new()),
+            registered: Mutex::new(HashMap::new()),
         })
     }
 
@@ -110,9 +117,23 @@ impl RedisStore {
         self.options.event_cap
     }
 
-    /// Records the queue for the maintenance passes (idempotent).
+    /// Records the queue for the maintenance passes (idempotent). A queue
+    /// this process recorded recently is not recorded again, which saves a
+    /// round trip per Submit; "recently" is short, so a registry lost with
+    /// a Redis restart is restored within a minute.
     async fn register(&self, qk: &QueueKeys) -> Result<()> {
-        let _: i64 = self.conn().sadd(self.keys.registry(), qk.tag()).await?;
+        const FRESH: Duration = Duration::from_secs(60);
+        let fresh = lock(&self.registered)
+            .get(qk.tag())
+            .is_some_and(|at| at.elapsed() < FRESH);
+        if !fresh {
+            let _: i64 = self.conn().sadd(self.keys.registry(), qk.tag()).await?;
+            let mut registered = lock(&self.registered);
+            if registered.len() > 10_000 {
+                registered.retain(|_, at| at.elapsed() < FRESH);
+            }
+            registered.insert(qk.tag().to_owned(), std::time::Instant::now());
+        }
         Ok(())
     }
 
@@ -135,10 +156,7 @@ impl RedisStore {
     }
 
     fn lease_lock(&self, tag: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self
-            .lease_locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut locks = lock(&self.lease_locks);
         if locks.len() > 10_000 {
             locks.retain(|_, lock| Arc::strong_count(lock) > 1);
         }
