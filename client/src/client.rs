@@ -10,6 +10,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, Result};
 use crate::options::SubmitOptions;
+use crate::watch::{ReconnectPolicy, Watch, is_terminal_state};
 
 /// How long [`Client::connect`] and a lazy client's first call wait for the
 /// TCP connection before giving up.
@@ -69,7 +70,7 @@ impl Client {
     }
 
     /// The generated `JobService` client on this client's connection, for
-    /// calls this type does not wrap (such as `WatchProgress`).
+    /// calls this type does not wrap.
     pub fn job_service(&self) -> JobServiceClient<Channel> {
         JobServiceClient::new(self.channel.clone())
     }
@@ -160,9 +161,43 @@ impl Client {
             .into_inner())
     }
 
-    // Coming with the CLI's `watch`: a `watch(job_id, after_seq)` stream of
-    // `JobEvent`s that reconnects by itself and resumes after the last seq it
-    // delivered. Until then, use `job_service().watch_progress(..)`.
+    /// Follows a job's events after `after_seq` (0 for all of them): first
+    /// its history, then live, ending after the terminal event (SUCCEEDED,
+    /// FAILED or CANCELLED). A broken stream is resumed transparently with
+    /// the [default](ReconnectPolicy::default) reconnection policy; see
+    /// [`Watch`] and [`watch_with_policy`](Self::watch_with_policy).
+    ///
+    /// Fails at once with [`Error::NotFound`] for an unknown job, and with an
+    /// `OUT_OF_RANGE` [`Error::Other`] when the events after `after_seq` are
+    /// no longer kept (watch from 0, or read the job's status instead).
+    pub async fn watch(&self, job_id: &str, after_seq: u64) -> Result<Watch> {
+        self.watch_with_policy(job_id, after_seq, ReconnectPolicy::default())
+            .await
+    }
+
+    /// [`watch`](Self::watch) with its own reconnection policy.
+    pub async fn watch_with_policy(
+        &self,
+        job_id: &str,
+        after_seq: u64,
+        policy: ReconnectPolicy,
+    ) -> Result<Watch> {
+        if after_seq > 0 {
+            // A job that ended at or before `after_seq` has nothing left to
+            // stream, and the server would wait for events that never come.
+            // When the server is unavailable right now, skip the check:
+            // the watch itself reconnects until it answers.
+            match self.status(job_id).await {
+                Ok(job) if is_terminal_state(job.state()) && job.last_seq <= after_seq => {
+                    return Ok(Watch::ended(self.job_service(), job_id, after_seq));
+                }
+                Ok(_) => {}
+                Err(err) if err.is_retryable() => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Watch::start(self.job_service(), job_id, after_seq, policy).await
+    }
 }
 
 fn parse_endpoint(endpoint: &str) -> Result<Endpoint> {

@@ -3,15 +3,20 @@
 
 mod client;
 mod error;
+#[cfg(test)]
+mod fake_server;
 mod options;
+mod watch;
 
 pub use client::{Client, DEFAULT_CONNECT_TIMEOUT, Submitted};
 pub use error::{Error, Result};
 pub use options::{RetryPolicy, SubmitOptions};
+pub use watch::{ReconnectPolicy, Watch, is_terminal, is_terminal_state};
 
 /// The generated protobuf messages and gRPC stubs (`jobctl_proto`), for
 /// anything the [`Client`] does not wrap.
 pub use jobctl_proto as proto;
 pub use jobctl_proto::v1::{
-    CancelResponse, GetQueueStatsResponse, Job, JobError, JobState, ListFailedResponse, Progress,
+    CancelResponse, EventKind, GetQueueStatsResponse, Job, JobError, JobEvent, JobState,
+    ListFailedResponse, Progress,
 };

@@ -11,14 +11,32 @@ use jobctl_client::{RetryPolicy, SubmitOptions};
 /// README.
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
-  0  success
-  1  any other error (internal server error, authentication, ...)
-  2  usage: bad flags or values
-  3  not found: no such job
-  4  invalid argument or over a limit (also an unreadable --payload-file)
-  5  refused in the job's current state, or an idempotency key reused with a
-     different request
-  6  server unreachable or unavailable; retrying may help";
+    0  success
+    1  any other error (internal server error, authentication, ...)
+    2  usage: bad flags or values
+    3  not found: no such job
+    4  invalid argument or over a limit (also an unreadable --payload-file)
+    5  refused in the job's current state, or an idempotency key reused with
+       a different request
+    6  server unreachable or unavailable; retrying may help (a watch that
+       lost the server says how to resume it)
+    7  watch: the job FAILED
+    8  watch: the job was CANCELLED
+  130  watch: interrupted (Ctrl-C)";
+
+/// Printed after `jobctl watch --help`.
+pub const WATCH_HELP: &str = "\
+JSON output (--output json): one JSON object per line for each event, and
+nothing else on stdout:
+  {\"seq\", \"job_id\", \"kind\", \"state\", \"progress\", \"time\", \"attempt\",
+   \"error\", \"result\"}
+kind is STATE_CHANGED, PROGRESS or CANCEL_REQUESTED; state a name without its
+prefix (\"RUNNING\"); progress {\"percent\", \"current\", \"total\", \"message\"};
+time RFC 3339 in UTC; error {\"message\", \"code\", \"details\"} or null;
+result standard padded base64 (set on the SUCCEEDED event).
+
+Exit codes: 0 SUCCEEDED, 7 FAILED, 8 CANCELLED, 130 interrupted; 3 unknown
+job, 4 events after --after-seq no longer kept, 6 server lost for too long.";
 
 /// Printed after `jobctl status --help` and `jobctl failed --help`.
 pub const JSON_JOB_HELP: &str = "\
@@ -69,7 +87,8 @@ pub enum Output {
 pub enum Command {
     /// Enqueue a job and print its id.
     ///
-    /// JSON output: {"job_id", "deduplicated", "state"}.
+    /// JSON output: {"job_id", "deduplicated", "state"}; with --watch, the
+    /// job's events as `jobctl watch` prints them.
     Submit(Box<SubmitArgs>),
 
     /// Show a job's state, progress, attempts and result or error.
@@ -118,21 +137,26 @@ pub enum Command {
     /// JSON output: {"queue", "scheduled", "queued", "running", "failed",
     /// "finished"}.
     Stats { queue: String },
-    //
-    // Coming later, not built yet:
-    //
-    // /// Follow a job's progress live until it ends.
-    // Watch {
-    //     job_id: String,
-    //     /// Resume after this event sequence number.
-    //     #[arg(long, default_value_t = 0)]
-    //     after_seq: u64,
-    // },
-    //
-    // It will stream JobService.WatchProgress, draw an indicatif progress
-    // bar (human) or print one JSON event per line (json), reconnect with
-    // `after_seq` = the last seq seen when the stream breaks, and exit with
-    // the job's outcome (0 for SUCCEEDED, non-zero for FAILED or CANCELLED).
+
+    /// Follow a job's events live until it ends.
+    ///
+    /// Draws a progress bar on stderr when it is a terminal (one line per
+    /// event otherwise), then prints the result on stdout or the error on
+    /// stderr. A broken connection is resumed by itself after the last
+    /// event seen. Exits 0 when the job SUCCEEDED, 7 when it FAILED, 8 when
+    /// it was CANCELLED.
+    #[command(after_help = WATCH_HELP)]
+    Watch(WatchArgs),
+}
+
+/// `jobctl watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The job's id, as printed by submit.
+    pub job_id: String,
+    /// Show only the events after this sequence number (to resume a watch).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub after_seq: u64,
 }
 
 /// `jobctl submit`.
@@ -192,6 +216,11 @@ pub struct SubmitArgs {
     /// Retry backoff: the fraction (0 to 1) each delay is randomised by.
     #[arg(long, value_parser = parse_fraction, value_name = "FRACTION")]
     pub backoff_jitter: Option<f64>,
+
+    /// Then follow the job until it ends, as `jobctl watch` does (same
+    /// output and exit codes; the job's id goes to stderr).
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// Where the payload comes from; at most one, none for an empty payload.
@@ -506,11 +535,33 @@ mod tests {
             &["failed", "q", "--all", "--page-token", "t"],
             &["status", "j", "--server", "ftp://x"],
             &["status", "j", "--output", "yaml"],
-            &["watch", "j"],
+            &["watch"],
+            &["watch", "j", "--after-seq", "-1"],
+            &["watch", "j", "--after-seq", "x"],
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");
         }
+    }
+
+    #[test]
+    fn watch_takes_a_job_and_a_resume_point() {
+        match parse(&["watch", "01J"]).unwrap().command {
+            Command::Watch(args) => {
+                assert_eq!(args.job_id, "01J");
+                assert_eq!(args.after_seq, 0);
+            }
+            other => panic!("not a watch: {other:?}"),
+        }
+        match parse(&["watch", "01J", "--after-seq", "42", "-o", "json"])
+            .unwrap()
+            .command
+        {
+            Command::Watch(args) => assert_eq!(args.after_seq, 42),
+            other => panic!("not a watch: {other:?}"),
+        }
+        assert!(submit_args(&["q", "k", "--watch"]).watch);
+        assert!(!submit_args(&["q", "k"]).watch);
     }
 
     #[test]

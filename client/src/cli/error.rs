@@ -2,6 +2,7 @@
 
 use std::error::Error as _;
 
+use jobctl_client::JobState;
 use tonic::Code;
 
 /// Exit codes; `EXIT_CODES_HELP` and the README document them.
@@ -12,6 +13,25 @@ pub mod code {
     pub const INVALID: u8 = 4;
     pub const REFUSED: u8 = 5;
     pub const UNAVAILABLE: u8 = 6;
+    /// `watch`: the job ended FAILED.
+    pub const JOB_FAILED: u8 = 7;
+    /// `watch`: the job ended CANCELLED.
+    pub const JOB_CANCELLED: u8 = 8;
+    /// `watch` was interrupted (Ctrl-C), as shells report SIGINT.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// The exit code of a `watch` whose job ended in `state`: 0 for SUCCEEDED,
+/// [`code::JOB_FAILED`], [`code::JOB_CANCELLED`], and [`code::OTHER`] for a
+/// state that is not an end (which a finished watch does not report).
+pub fn exit_code_for_state(state: i32) -> u8 {
+    match JobState::try_from(state) {
+        Ok(JobState::Succeeded) => 0,
+        Ok(JobState::Failed) => code::JOB_FAILED,
+        Ok(JobState::Cancelled) => code::JOB_CANCELLED,
+        Ok(JobState::Unspecified | JobState::Scheduled | JobState::Queued | JobState::Running)
+        | Err(_) => code::OTHER,
+    }
 }
 
 /// The exit code for a gRPC status code.
@@ -49,6 +69,19 @@ pub enum CliError {
     /// The async runtime could not start.
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
+    /// A watch lost the server for longer than its reconnection budget.
+    #[error("{source}; resume with: jobctl watch {job_id} --after-seq {last_seq}")]
+    WatchBroken {
+        job_id: String,
+        last_seq: u64,
+        source: jobctl_client::Error,
+    },
+    /// A watch was interrupted.
+    #[error("interrupted; resume with: jobctl watch {job_id} --after-seq {last_seq}")]
+    Interrupted { job_id: String, last_seq: u64 },
+    /// Writing to stdout or stderr failed.
+    #[error("cannot write the output")]
+    Output(#[source] std::io::Error),
 }
 
 impl CliError {
@@ -60,9 +93,28 @@ impl CliError {
         }
     }
 
+    /// An error that ended a watch of `job_id` after the event `last_seq`:
+    /// a lost server says how to resume, a refusal is classed as usual.
+    pub fn watch_of(job_id: &str, last_seq: u64) -> impl FnOnce(jobctl_client::Error) -> CliError {
+        move |err| {
+            if err.is_retryable() || err.code() == Code::ResourceExhausted {
+                CliError::WatchBroken {
+                    job_id: job_id.to_owned(),
+                    last_seq,
+                    source: err,
+                }
+            } else {
+                CliError::about_job(job_id)(err)
+            }
+        }
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Client(err) => exit_code_for(err.code()),
+            CliError::WatchBroken { .. } => code::UNAVAILABLE,
+            CliError::Interrupted { .. } => code::INTERRUPTED,
+            CliError::Output(_) => code::OTHER,
             CliError::JobNotFound(_) => code::NOT_FOUND,
             CliError::Usage(_) => code::USAGE,
             CliError::Input(_) => code::INVALID,
@@ -123,6 +175,43 @@ mod tests {
         let err = CliError::about_job("01J")(Error::FailedPrecondition("job is not failed".into()));
         assert_eq!(err.one_line(), "job is not failed");
         assert_eq!(err.exit_code(), 5);
+    }
+
+    #[test]
+    fn a_watch_exits_with_its_job_s_outcome() {
+        assert_eq!(exit_code_for_state(JobState::Succeeded as i32), 0);
+        assert_eq!(exit_code_for_state(JobState::Failed as i32), 7);
+        assert_eq!(exit_code_for_state(JobState::Cancelled as i32), 8);
+        assert_eq!(exit_code_for_state(JobState::Running as i32), 1);
+        assert_eq!(exit_code_for_state(99), 1);
+    }
+
+    #[test]
+    fn a_lost_watch_says_how_to_resume() {
+        let err = CliError::watch_of("01J", 7)(Error::Unavailable("connection refused".into()));
+        assert_eq!(
+            err.one_line(),
+            "server unavailable: connection refused; resume with: jobctl watch 01J --after-seq 7"
+        );
+        assert_eq!(err.exit_code(), 6);
+        let err = CliError::watch_of("01J", 7)(Error::ResourceExhausted("fell behind".into()));
+        assert_eq!(err.exit_code(), 6);
+        let err = CliError::watch_of("01J", 7)(Error::NotFound("gone".into()));
+        assert_eq!(err.one_line(), "job '01J' not found");
+        assert_eq!(err.exit_code(), 3);
+        let err = CliError::watch_of("01J", 7)(Error::Other(tonic::Status::out_of_range(
+            "events after 7 are no longer kept",
+        )));
+        assert_eq!(err.exit_code(), 4);
+        let err = CliError::Interrupted {
+            job_id: "01J".into(),
+            last_seq: 3,
+        };
+        assert_eq!(
+            err.one_line(),
+            "interrupted; resume with: jobctl watch 01J --after-seq 3"
+        );
+        assert_eq!(err.exit_code(), 130);
     }
 
     #[test]

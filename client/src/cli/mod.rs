@@ -3,6 +3,7 @@
 mod args;
 mod error;
 mod render;
+mod watch;
 
 use std::io::{self, Read as _, Write as _};
 use std::process::ExitCode;
@@ -19,6 +20,8 @@ use error::CliError;
 struct Printed {
     stdout: String,
     note: Option<String>,
+    /// The exit code when all was printed.
+    code: u8,
 }
 
 impl Printed {
@@ -27,7 +30,20 @@ impl Printed {
             Output::Human => human(),
             Output::Json => format!("{}\n", json()),
         };
-        Printed { stdout, note: None }
+        Printed {
+            stdout,
+            note: None,
+            code: 0,
+        }
+    }
+
+    /// Nothing more to print (a watch printed as it went), and its code.
+    fn exit(code: u8) -> Self {
+        Printed {
+            stdout: String::new(),
+            note: None,
+            code,
+        }
     }
 }
 
@@ -39,7 +55,10 @@ pub fn main() -> ExitCode {
             if let Some(note) = printed.note {
                 let _ = writeln!(io::stderr(), "{note}");
             }
-            write_stdout(&printed.stdout)
+            match write_stdout(&printed.stdout) {
+                Ok(()) => ExitCode::from(printed.code),
+                Err(code) => code,
+            }
         }
         Err(err) => {
             let _ = writeln!(io::stderr(), "error: {}", err.one_line());
@@ -48,18 +67,18 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn write_stdout(text: &str) -> ExitCode {
+fn write_stdout(text: &str) -> Result<(), ExitCode> {
     let mut stdout = io::stdout().lock();
     match stdout
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
     {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Ok(()),
         // The reader went away (`jobctl failed q | head`): not our failure.
-        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         Err(err) => {
             let _ = writeln!(io::stderr(), "error: cannot write the output: {err}");
-            ExitCode::from(error::code::OTHER)
+            Err(ExitCode::from(error::code::OTHER))
         }
     }
 }
@@ -82,6 +101,12 @@ async fn run(cli: Cli) -> Result<Printed, CliError> {
             let options = args.options(payload).map_err(CliError::Usage)?;
             let client = Client::connect(cli.server).await?;
             let submitted = client.submit(options).await?;
+            if args.watch {
+                // stdout is for the watch; the id goes to stderr.
+                let _ = io::stderr().write_all(render::submitted_human(&submitted).as_bytes());
+                let code = watch::follow(&client, &submitted.job_id, 0, output).await?;
+                return Ok(Printed::exit(code));
+            }
             Ok(Printed::new(
                 output,
                 || render::submitted_human(&submitted),
@@ -152,6 +177,11 @@ async fn run(cli: Cli) -> Result<Printed, CliError> {
                 || render::requeue_human(&job_id, state),
                 || render::requeue_json(&job_id, state),
             ))
+        }
+        Command::Watch(args) => {
+            let client = Client::connect(cli.server).await?;
+            let code = watch::follow(&client, &args.job_id, args.after_seq, output).await?;
+            Ok(Printed::exit(code))
         }
         Command::Stats { queue } => {
             let client = Client::connect(cli.server).await?;

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use jobctl_client::Submitted;
-use jobctl_client::proto::v1::{GetQueueStatsResponse, Job, JobState, Progress};
+use jobctl_client::proto::v1::{
+    EventKind, GetQueueStatsResponse, Job, JobError, JobEvent, JobState, Progress,
+};
 use serde_json::{Value, json};
 
 /// The longest result printed in full by `status`; longer ones are cut.
@@ -105,18 +107,9 @@ pub fn job_json(job: &Job) -> Value {
         "priority": job.priority,
         "attempt": job.attempt,
         "max_attempts": job.max_attempts,
-        "progress": job.progress.as_ref().map(|p| json!({
-            "percent": p.percent,
-            "current": p.current,
-            "total": p.total,
-            "message": p.message,
-        })),
+        "progress": job.progress.as_ref().map(progress_json),
         "result": base64(&job.result),
-        "error": job.error.as_ref().map(|e| json!({
-            "message": e.message,
-            "code": e.code,
-            "details": e.details,
-        })),
+        "error": job.error.as_ref().map(error_json),
         "cancel_requested": job.cancel_requested,
         "cancel_reason": job.cancel_reason,
         "labels": labels,
@@ -141,6 +134,163 @@ pub fn job_json(job: &Job) -> Value {
         "expires_at": job.expires_at.map(|t| t.to_string()),
         "retention": job.retention.map(|d| d.to_string()),
     })
+}
+
+fn progress_json(p: &Progress) -> Value {
+    json!({
+        "percent": p.percent,
+        "current": p.current,
+        "total": p.total,
+        "message": p.message,
+    })
+}
+
+fn error_json(e: &JobError) -> Value {
+    json!({
+        "message": e.message,
+        "code": e.code,
+        "details": e.details,
+    })
+}
+
+/// An event kind's name without the `EVENT_KIND_` prefix: `PROGRESS`.
+pub fn kind_name(kind: i32) -> String {
+    match EventKind::try_from(kind) {
+        Ok(kind) => kind
+            .as_str_name()
+            .trim_start_matches("EVENT_KIND_")
+            .to_owned(),
+        Err(_) => format!("UNKNOWN({kind})"),
+    }
+}
+
+/// An event as one JSON line of `watch --output json` (without the newline),
+/// with the conventions of [`job_json`].
+pub fn event_json(e: &JobEvent) -> Value {
+    json!({
+        "seq": e.seq,
+        "job_id": e.job_id,
+        "kind": kind_name(e.kind),
+        "state": state_name(e.state),
+        "progress": e.progress.as_ref().map(progress_json),
+        "time": e.time.map(|t| t.to_string()),
+        "attempt": e.attempt,
+        "error": e.error.as_ref().map(error_json),
+        "result": base64(&e.result),
+    })
+}
+
+/// What the progress bar says next to the bar: the state, then the
+/// progress when there is some (`RUNNING  40% (4/10) rendered 4/10`).
+pub fn progress_line(state: i32, progress: Option<&Progress>) -> String {
+    let state = state_name(state);
+    match progress {
+        Some(p) if *p != Progress::default() => format!("{state:<9} {}", progress_text(p)),
+        _ => state,
+    }
+}
+
+/// An event as one line for people: `#2 RUNNING (attempt 1)`,
+/// `#5 RUNNING 40% (4/10) rendered 4/10`, `#9 RUNNING cancel requested`,
+/// `#7 SCHEDULED (attempt 1): s3 timeout [s3_timeout]`.
+pub fn event_line(e: &JobEvent) -> String {
+    let mut line = format!("#{} {}", e.seq, state_name(e.state));
+    match EventKind::try_from(e.kind) {
+        Ok(EventKind::Progress) => {
+            if let Some(p) = &e.progress {
+                let _ = write!(line, " {}", progress_text(p));
+            }
+        }
+        Ok(EventKind::CancelRequested) => line.push_str(" cancel requested"),
+        Ok(EventKind::StateChanged) => {
+            if e.attempt > 0 {
+                let _ = write!(line, " (attempt {})", e.attempt);
+            }
+        }
+        Ok(EventKind::Unspecified) | Err(_) => {
+            let _ = write!(line, " {}", kind_name(e.kind));
+        }
+    }
+    if let Some(error) = &e.error {
+        let _ = write!(line, ": {}", error_text(error));
+    }
+    line
+}
+
+/// [`event_line`] for logs: with the event's time in front.
+pub fn plain_event_line(e: &JobEvent) -> String {
+    match e.time {
+        Some(time) => format!("{time} {}", event_line(e)),
+        None => event_line(e),
+    }
+}
+
+fn error_text(error: &JobError) -> String {
+    let mut text = first_line(&error.message, MAX_TEXT);
+    if !error.code.is_empty() {
+        let _ = write!(text, " [{}]", error.code);
+    }
+    text
+}
+
+/// How a watched job ended, from its terminal event or (when the watch
+/// started after it) from its status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub job_id: String,
+    pub state: i32,
+    pub attempt: u32,
+    pub result: Vec<u8>,
+    pub error: Option<JobError>,
+}
+
+impl From<&JobEvent> for Outcome {
+    fn from(e: &JobEvent) -> Self {
+        Outcome {
+            job_id: e.job_id.clone(),
+            state: e.state,
+            attempt: e.attempt,
+            result: e.result.clone(),
+            error: e.error.clone(),
+        }
+    }
+}
+
+impl From<&Job> for Outcome {
+    fn from(job: &Job) -> Self {
+        Outcome {
+            job_id: job.id.clone(),
+            state: job.state,
+            attempt: job.attempt,
+            result: job.result.clone(),
+            error: job.error.clone(),
+        }
+    }
+}
+
+/// The end of a human `watch`: a summary line for stderr, and the result
+/// (text, or its size and a hex preview) for stdout, empty when there is
+/// none.
+pub fn outcome_human(o: &Outcome) -> (String, String) {
+    let mut summary = format!("job {} {}", o.job_id, state_name(o.state));
+    if o.attempt > 1 {
+        let _ = write!(summary, " after {} attempts", o.attempt);
+    }
+    if let Some(error) = &o.error {
+        let _ = write!(summary, ": {}", error_text(error));
+    }
+    let stdout = if o.state == JobState::Succeeded as i32 {
+        if o.result.is_empty() {
+            summary.push_str(" (no result)");
+            String::new()
+        } else {
+            format!("{}\n", bytes_text(&o.result, MAX_TEXT))
+        }
+    } else {
+        String::new()
+    };
+    summary.push('\n');
+    (summary, stdout)
 }
 
 /// A job as an aligned block of `name  value` lines.
@@ -565,6 +715,178 @@ mod tests {
              01JOB  export  2/5       2030-01-01T00:00:01.500Z  first line…\n"
         );
         assert_eq!(failed_table("q", &[]), "no failed jobs in queue 'q'\n");
+    }
+
+    fn sample_event() -> JobEvent {
+        JobEvent {
+            seq: 5,
+            job_id: "01JOB".into(),
+            kind: EventKind::Progress as i32,
+            state: JobState::Running as i32,
+            progress: Some(Progress {
+                percent: 40.0,
+                current: 4,
+                total: 10,
+                message: "rendered 4/10".into(),
+            }),
+            time: Some(Timestamp {
+                seconds: 1_893_456_001,
+                nanos: 500_000_000,
+            }),
+            attempt: 1,
+            error: None,
+            result: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_event_renders_as_one_documented_json_line() {
+        let value = event_json(&sample_event());
+        assert_eq!(
+            value,
+            json!({
+                "seq": 5,
+                "job_id": "01JOB",
+                "kind": "PROGRESS",
+                "state": "RUNNING",
+                "progress": {"percent": 40.0, "current": 4, "total": 10, "message": "rendered 4/10"},
+                "time": "2030-01-01T00:00:01.500Z",
+                "attempt": 1,
+                "error": null,
+                "result": "",
+            })
+        );
+        assert!(!value.to_string().contains('\n'));
+
+        let done = JobEvent {
+            seq: 12,
+            kind: EventKind::StateChanged as i32,
+            state: JobState::Failed as i32,
+            progress: None,
+            time: None,
+            error: Some(JobError {
+                message: "boom".into(),
+                code: "e1".into(),
+                details: "line 1\nline 2".into(),
+            }),
+            result: vec![0xff, 0],
+            ..sample_event()
+        };
+        let value = event_json(&done);
+        assert_eq!(value["kind"], "STATE_CHANGED");
+        assert_eq!(value["state"], "FAILED");
+        assert_eq!(value["progress"], Value::Null);
+        assert_eq!(value["time"], Value::Null);
+        assert_eq!(
+            value["error"],
+            json!({"message": "boom", "code": "e1", "details": "line 1\nline 2"})
+        );
+        assert_eq!(value["result"], "/wA=");
+        assert!(!value.to_string().contains('\n'));
+        assert_eq!(
+            kind_name(EventKind::CancelRequested as i32),
+            "CANCEL_REQUESTED"
+        );
+        assert_eq!(kind_name(9), "UNKNOWN(9)");
+    }
+
+    #[test]
+    fn the_progress_bar_line_shows_state_percent_units_and_message() {
+        let e = sample_event();
+        assert_eq!(
+            progress_line(e.state, e.progress.as_ref()),
+            "RUNNING   40% (4/10) rendered 4/10"
+        );
+        let unknown_total = Progress {
+            percent: 12.5,
+            current: 7,
+            total: 0,
+            message: String::new(),
+        };
+        assert_eq!(
+            progress_line(JobState::Running as i32, Some(&unknown_total)),
+            "RUNNING   12.5% (7)"
+        );
+        assert_eq!(progress_line(JobState::Queued as i32, None), "QUEUED");
+        assert_eq!(
+            progress_line(JobState::Queued as i32, Some(&Progress::default())),
+            "QUEUED"
+        );
+    }
+
+    #[test]
+    fn events_render_as_lines_for_people() {
+        let e = sample_event();
+        assert_eq!(event_line(&e), "#5 RUNNING 40% (4/10) rendered 4/10");
+        assert_eq!(
+            plain_event_line(&e),
+            "2030-01-01T00:00:01.500Z #5 RUNNING 40% (4/10) rendered 4/10"
+        );
+        let started = JobEvent {
+            seq: 2,
+            kind: EventKind::StateChanged as i32,
+            ..sample_event()
+        };
+        assert_eq!(event_line(&started), "#2 RUNNING (attempt 1)");
+        let retry = JobEvent {
+            state: JobState::Scheduled as i32,
+            error: Some(JobError {
+                message: "s3 timeout\nat line 3".into(),
+                code: "s3".into(),
+                details: String::new(),
+            }),
+            ..started.clone()
+        };
+        assert_eq!(
+            event_line(&retry),
+            "#2 SCHEDULED (attempt 1): s3 timeout… [s3]"
+        );
+        let cancel = JobEvent {
+            seq: 9,
+            kind: EventKind::CancelRequested as i32,
+            ..sample_event()
+        };
+        assert_eq!(event_line(&cancel), "#9 RUNNING cancel requested");
+    }
+
+    #[test]
+    fn the_outcome_puts_the_result_on_stdout_and_the_rest_on_stderr() {
+        let mut o = Outcome::from(&JobEvent {
+            kind: EventKind::StateChanged as i32,
+            state: JobState::Succeeded as i32,
+            result: b"8 thumbnails".to_vec(),
+            ..sample_event()
+        });
+        assert_eq!(
+            outcome_human(&o),
+            ("job 01JOB SUCCEEDED\n".into(), "8 thumbnails\n".into())
+        );
+        o.result = vec![0, 1, 2];
+        assert_eq!(outcome_human(&o).1, "3 bytes (binary): 000102\n");
+        o.result.clear();
+        assert_eq!(
+            outcome_human(&o),
+            ("job 01JOB SUCCEEDED (no result)\n".into(), String::new())
+        );
+
+        let failed = Outcome::from(&Job {
+            id: "01JOB".into(),
+            state: JobState::Failed as i32,
+            attempt: 3,
+            error: Some(JobError {
+                message: "no such bucket".into(),
+                code: "s3".into(),
+                details: String::new(),
+            }),
+            ..Job::default()
+        });
+        assert_eq!(
+            outcome_human(&failed),
+            (
+                "job 01JOB FAILED after 3 attempts: no such bucket [s3]\n".into(),
+                String::new()
+            )
+        );
     }
 
     #[test]
