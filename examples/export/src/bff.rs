@@ -29,7 +29,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use futures::stream::{self, Stream, StreamExt as _};
+use futures::stream::{self, StreamExt as _};
 use jobctl_client::{Client, SubmitOptions};
 use jobctl_proto::v1::{EventKind, Job, JobEvent, JobState, WatchProgressRequest};
 use serde::{Deserialize, Serialize};
@@ -55,24 +55,33 @@ pub struct Bff {
     inner: Arc<Inner>,
 }
 
+/// How the service behaves.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the worker writes the files.
+    pub out_dir: PathBuf,
+    /// Rows of an export whose request does not say.
+    pub default_rows: u64,
+    /// End each event stream after this many events, as a proxy with a short
+    /// read timeout would; the browser then reconnects with `Last-Event-ID`.
+    /// For seeing (and testing) the resume; `None` in earnest.
+    pub cut_streams_after: Option<usize>,
+}
+
 struct Inner {
     client: Client,
-    out_dir: PathBuf,
-    default_rows: u64,
+    settings: Settings,
     /// Ends the open event streams when the service stops.
     stop: CancellationToken,
 }
 
 impl Bff {
-    /// A service submitting to and watching jobctl through `client`, serving
-    /// files from `out_dir`; an export that does not say how many rows it
-    /// wants gets `default_rows`.
-    pub fn new(client: Client, out_dir: PathBuf, default_rows: u64) -> Bff {
+    /// A service submitting to and watching jobctl through `client`.
+    pub fn new(client: Client, settings: Settings) -> Bff {
         Bff {
             inner: Arc::new(Inner {
                 client,
-                out_dir,
-                default_rows,
+                settings,
                 stop: CancellationToken::new(),
             }),
         }
@@ -232,7 +241,7 @@ async fn submit(
             )
         })?
     };
-    let rows = body.rows.unwrap_or(bff.inner.default_rows);
+    let rows = body.rows.unwrap_or(bff.inner.settings.default_rows);
     if rows > MAX_ROWS {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -390,15 +399,14 @@ async fn events(
         .into_inner();
     let urls = Urls::of(&id);
     let job_id = id.clone();
-    let relayed = stream::unfold(Some(grpc), move |grpc| {
+    let relayed = stream::unfold(grpc, move |mut grpc| {
         let job_id = job_id.clone();
         async move {
-            let mut grpc = grpc?;
             loop {
                 match grpc.message().await {
                     Ok(Some(message)) => {
                         if let Some(event) = message.event {
-                            return Some((event, Some(grpc)));
+                            return Some((event, grpc));
                         }
                     }
                     // After the terminal event.
@@ -413,15 +421,20 @@ async fn events(
             }
         }
     })
+    .take(
+        bff.inner
+            .settings
+            .cut_streams_after
+            .filter(|n| *n > 0)
+            .unwrap_or(usize::MAX),
+    )
     .map(move |event| sse_event(&event, &urls));
     let hello = Event::default()
         .comment(format!("export {id}, events after {after}"))
         .retry(RECONNECT_AFTER);
-    let body: std::pin::Pin<Box<dyn Stream<Item = Result<Event, axum::Error>> + Send>> = Box::pin(
-        stream::once(async move { Ok(hello) })
-            .chain(relayed)
-            .take_until(bff.inner.stop.clone().cancelled_owned()),
-    );
+    let body = stream::once(async move { Ok(hello) })
+        .chain(relayed)
+        .take_until(bff.inner.stop.clone().cancelled_owned());
     let sse = Sse::new(body).keep_alive(KeepAlive::new().interval(KEEP_ALIVE));
     // Tells nginx-style proxies not to buffer the stream.
     Ok(([("x-accel-buffering", "no")], sse).into_response())
@@ -452,7 +465,7 @@ async fn download(State(bff): State<Bff>, Path(id): Path<String>) -> Result<Resp
             "the export's result is not a file name",
         ));
     }
-    let path = bff.inner.out_dir.join(&name);
+    let path = bff.inner.settings.out_dir.join(&name);
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -40,6 +40,9 @@ pub struct Options {
     pub chunk_delay: Duration,
     /// Where the worker writes the CSV files and the service reads them.
     pub out_dir: PathBuf,
+    /// End each event stream after this many events, to see the browser
+    /// resume with `Last-Event-ID` ([`bff::Settings::cut_streams_after`]).
+    pub cut_streams_after: Option<usize>,
 }
 
 impl Options {
@@ -53,6 +56,7 @@ impl Options {
             chunk_rows: 500,
             chunk_delay: Duration::from_millis(100),
             out_dir: out_dir.into(),
+            cut_streams_after: None,
         }
     }
 }
@@ -242,7 +246,14 @@ pub async fn start(options: Options) -> Result<Running, Error> {
             source,
         })?;
     let http_addr = listener.local_addr().map_err(Error::Http)?;
-    let bff = Bff::new(client, options.out_dir.clone(), options.rows);
+    let bff = Bff::new(
+        client,
+        bff::Settings {
+            out_dir: options.out_dir.clone(),
+            default_rows: options.rows,
+            cut_streams_after: options.cut_streams_after,
+        },
+    );
     let http = Component::spawn("http service", |stop| async move {
         bff.serve(listener, stop).await.map_err(Error::Http)
     });

@@ -30,6 +30,10 @@ struct Args {
     /// Pause per chunk, standing in for the query that produces it.
     #[arg(long, default_value = "100ms", value_parser = parse_millis)]
     chunk_delay: Duration,
+    /// End each event stream after N events, as a proxy with a short timeout
+    /// would, to watch the page resume with Last-Event-ID.
+    #[arg(long, value_name = "N")]
+    cut_streams_after: Option<usize>,
     /// Where the CSV files are written [default: <temp dir>/jobctl-exports].
     #[arg(long)]
     out_dir: Option<PathBuf>,
@@ -61,6 +65,7 @@ async fn main() -> ExitCode {
         out_dir: args
             .out_dir
             .unwrap_or_else(|| std::env::temp_dir().join("jobctl-exports")),
+        cut_streams_after: args.cut_streams_after,
     };
     let out_dir = options.out_dir.clone();
     let running = match start(options).await {

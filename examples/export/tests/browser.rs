@@ -1,6 +1,8 @@
 //! The page in a real browser: Debian's headless Chromium, driven through
 //! chromedriver (WebDriver). Press Export, watch the bar reach 100% and the
-//! download link appear, then fetch the link and check the CSV.
+//! download link appear, then fetch the link and check the CSV; and the same
+//! with every event stream cut short, which the page survives by
+//! reconnecting with `Last-Event-ID`.
 //!
 //! Needs `apt-get install -y chromium chromium-driver`; `CHROMIUM` and
 //! `CHROMEDRIVER` may point at other binaries. Without them the test fails
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
+use jobctl_export_example::Running;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -119,11 +122,14 @@ async fn look(browser: &Client) -> Result<Seen, String> {
 
 /// Opens the page, presses Export and waits for the finished state; returns
 /// the bar values the page went through and what it shows at the end.
+/// With an empty `page`, the page is already open.
 async fn press_export_and_wait(browser: &Client, page: &str) -> Result<(Vec<f64>, Seen), String> {
-    browser
-        .goto(page)
-        .await
-        .map_err(|e| format!("opening {page}: {e}"))?;
+    if !page.is_empty() {
+        browser
+            .goto(page)
+            .await
+            .map_err(|e| format!("opening {page}: {e}"))?;
+    }
     let before = look(browser).await?;
     if before.bar != 0.0 || before.link_visible {
         return Err(format!("the page does not start empty: {before:?}"));
@@ -171,63 +177,95 @@ async fn press_export_and_wait(browser: &Client, page: &str) -> Result<(Vec<f64>
     Ok((values, seen))
 }
 
+/// Headless Chromium under chromedriver, in a fresh profile.
+struct Browser {
+    client: Client,
+    _driver: Driver,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn launch() -> Browser {
+        let chromium = find_binary(
+            "CHROMIUM",
+            &["/usr/bin/chromium", "/usr/bin/chromium-browser"],
+        );
+        let chromedriver = find_binary(
+            "CHROMEDRIVER",
+            &["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"],
+        );
+        let profile = tempfile::tempdir().unwrap();
+        let driver = Driver::start(&chromedriver).await;
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".to_owned(),
+            json!({
+                "binary": chromium,
+                // Without the background-networking flags Chromium dials out
+                // at start, which a closed network answers slowly or never.
+                "args": [
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+            }),
+        );
+        let client = tokio::time::timeout(
+            Duration::from_secs(15),
+            ClientBuilder::new(HttpConnector::new())
+                .capabilities(capabilities)
+                .connect(&driver.url),
+        )
+        .await
+        .expect("chromium did not start within 15s")
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {} through chromedriver: {e}",
+                chromium.display()
+            )
+        });
+        Browser {
+            client,
+            _driver: driver,
+            _profile: profile,
+        }
+    }
+
+    /// Ends the session (and Chromium with it), then chromedriver.
+    async fn close(self) {
+        let _ = self.client.close().await;
+    }
+}
+
+/// Fetches the page's download link and checks it is the CSV of `rows` rows.
+async fn check_download(running: &Running, href: &str, rows: u64) {
+    let base = format!("http://{}", running.http_addr);
+    let path = href
+        .strip_prefix(&base)
+        .unwrap_or_else(|| panic!("the link {href} is not on {base}"));
+    assert!(path.ends_with("/download"), "{path}");
+    let csv = common::get(running.http_addr, path).await;
+    assert_eq!(csv.status, 200, "{}", csv.text());
+    common::check_csv(&csv.text(), rows);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pressing_export_fills_the_bar_and_offers_the_csv() {
-    let chromium = find_binary(
-        "CHROMIUM",
-        &["/usr/bin/chromium", "/usr/bin/chromium-browser"],
-    );
-    let chromedriver = find_binary(
-        "CHROMEDRIVER",
-        &["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"],
-    );
-
     let out = tempfile::tempdir().unwrap();
     // The page asks for the default 1000 rows: 8 chunks of 125 rows, 50 ms
     // apiece, so the bar has steps to show.
     let running = common::start(out.path(), 125, Duration::from_millis(50)).await;
-    let rows = 1000;
 
-    let profile = tempfile::tempdir().unwrap();
-    let driver = Driver::start(&chromedriver).await;
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert(
-        "goog:chromeOptions".to_owned(),
-        json!({
-            "binary": chromium,
-            "args": [
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                format!("--user-data-dir={}", profile.path().display()),
-            ],
-        }),
-    );
-    let browser = tokio::time::timeout(
-        Duration::from_secs(15),
-        ClientBuilder::new(HttpConnector::new())
-            .capabilities(capabilities)
-            .connect(&driver.url),
-    )
-    .await
-    .expect("chromium did not start within 15s")
-    .unwrap_or_else(|e| {
-        panic!(
-            "cannot start {} through chromedriver: {e}",
-            chromium.display()
-        )
-    });
-
-    let outcome = press_export_and_wait(&browser, &running.url()).await;
-    // Always end the browser session, so no Chromium outlives the test.
-    let _ = browser.close().await;
-    drop(driver);
+    let browser = Browser::launch().await;
+    let outcome = press_export_and_wait(&browser.client, &running.url()).await;
+    browser.close().await;
     let (values, seen) = outcome.unwrap_or_else(|e| panic!("{e}"));
 
     assert!(
@@ -239,17 +277,81 @@ async fn pressing_export_fills_the_bar_and_offers_the_csv() {
         "the bar never went back: {values:?}"
     );
     assert!(seen.status.starts_with("done"), "{seen:?}");
+    check_download(&running, &seen.href, 1000).await;
 
-    // The link's target is the CSV.
-    let base = format!("http://{}", running.http_addr);
-    let path = seen
-        .href
-        .strip_prefix(&base)
-        .unwrap_or_else(|| panic!("the link {} is not on {base}", seen.href));
-    assert!(path.ends_with("/download"), "{path}");
-    let csv = common::get(running.http_addr, path).await;
-    assert_eq!(csv.status, 200, "{}", csv.text());
-    common::check_csv(&csv.text(), rows);
+    running.shutdown().await.unwrap();
+}
+
+/// Wraps `EventSource` so the test sees what the page's streams deliver:
+/// every event's `lastEventId` and every (re)connection.
+const RECORD_EVENT_SOURCE: &str = "
+    const Original = window.EventSource;
+    window.eventIds = [];
+    window.connections = 0;
+    class Recording extends Original {
+      constructor(url, init) {
+        super(url, init);
+        this.addEventListener('open', () => window.connections++);
+        for (const name of ['progress', 'state']) {
+          this.addEventListener(name, (e) => window.eventIds.push(Number(e.lastEventId)));
+        }
+      }
+    }
+    window.EventSource = Recording;";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_resumes_cut_streams_with_last_event_id_and_misses_nothing() {
+    let out = tempfile::tempdir().unwrap();
+    let mut options = common::options(out.path(), 125, Duration::from_millis(50));
+    // Every response ends after 4 events, as behind a proxy with a short
+    // timeout: the page only gets to 100% by resuming, three times over.
+    options.cut_streams_after = Some(4);
+    let running = jobctl_export_example::start(options).await.unwrap();
+
+    let browser = Browser::launch().await;
+    let outcome = async {
+        browser
+            .client
+            .goto(&running.url())
+            .await
+            .map_err(|e| format!("opening the page: {e}"))?;
+        browser
+            .client
+            .execute(RECORD_EVENT_SOURCE, vec![])
+            .await
+            .map_err(|e| format!("wrapping EventSource: {e}"))?;
+        let (_, seen) = press_export_and_wait(&browser.client, "").await?;
+        let recorded = browser
+            .client
+            .execute("return [window.eventIds, window.connections];", vec![])
+            .await
+            .map_err(|e| format!("reading what the streams delivered: {e}"))?;
+        Ok::<_, String>((seen, recorded))
+    }
+    .await;
+    browser.close().await;
+    let (seen, recorded) = outcome.unwrap_or_else(|e| panic!("{e}"));
+
+    let ids: Vec<u64> = recorded[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let n = ids.len() as u64;
+    assert_eq!(
+        ids,
+        (1..=n).collect::<Vec<_>>(),
+        "across the reconnections, every event arrived once, in order"
+    );
+    let connections = recorded[1].as_u64().unwrap();
+    eprintln!("{n} events over {connections} connections");
+    assert!(
+        connections >= n.div_ceil(4),
+        "{connections} connections for {n} events, 4 per connection"
+    );
+    assert!(seen.status.starts_with("done"), "{seen:?}");
+    check_download(&running, &seen.href, 1000).await;
 
     running.shutdown().await.unwrap();
 }

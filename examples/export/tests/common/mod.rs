@@ -21,11 +21,19 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// Starts jobctl, the worker and the HTTP service on free ports, writing
 /// into `out_dir`, with small fast chunks.
 pub async fn start(out_dir: &Path, chunk_rows: u64, chunk_delay: Duration) -> Running {
+    jobctl_export_example::start(options(out_dir, chunk_rows, chunk_delay))
+        .await
+        .unwrap()
+}
+
+/// The options [`start`] uses: 1000 rows by default, in chunks of
+/// `chunk_rows` with a pause of `chunk_delay` each.
+pub fn options(out_dir: &Path, chunk_rows: u64, chunk_delay: Duration) -> Options {
     let mut options = Options::new(out_dir);
     options.rows = 1000;
     options.chunk_rows = chunk_rows;
     options.chunk_delay = chunk_delay;
-    jobctl_export_example::start(options).await.unwrap()
+    options
 }
 
 /// A whole response.
