@@ -8,8 +8,10 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod http;
 pub mod keys;
 pub mod maintenance;
+pub mod metrics;
 pub mod model;
 pub mod signals;
 pub mod store;
@@ -42,12 +44,12 @@ use crate::store::{MemoryStore, RedisStore, Store, StoreOptions};
 type FrameMap = fn(Frame<bytes::Bytes>) -> Frame<bytes::Bytes>;
 
 fn oversized_is_resource_exhausted<B>(
-    response: http::Response<B>,
-) -> http::Response<MapFrame<B, FrameMap>>
+    response: ::http::Response<B>,
+) -> ::http::Response<MapFrame<B, FrameMap>>
 where
     B: http_body::Body<Data = bytes::Bytes>,
 {
-    fn rewrite(headers: &mut http::HeaderMap) {
+    fn rewrite(headers: &mut ::http::HeaderMap) {
         let too_large = headers.get("grpc-status").is_some_and(|s| s == "11")
             && headers
                 .get("grpc-message")
@@ -55,7 +57,7 @@ where
                 // grpc-message is percent-encoded.
                 .is_some_and(|m| m.replace("%20", " ").contains("message length too large"));
         if too_large {
-            headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+            headers.insert("grpc-status", ::http::HeaderValue::from_static("8"));
         }
     }
     fn in_trailers(frame: Frame<bytes::Bytes>) -> Frame<bytes::Bytes> {
@@ -69,7 +71,7 @@ where
     }
     let (mut parts, body) = response.into_parts();
     rewrite(&mut parts.headers);
-    http::Response::from_parts(parts, body.map_frame(in_trailers as FrameMap))
+    ::http::Response::from_parts(parts, body.map_frame(in_trailers as FrameMap))
 }
 
 /// Serves jobctl on `listener` until `shutdown` resolves, then stops
@@ -79,6 +81,17 @@ where
 pub async fn serve(
     config: Config,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    serve_with(config, listener, None, shutdown).await
+}
+
+/// [`serve`], plus the HTTP port (`/metrics`, `/healthz`, `/readyz`) on
+/// `http_listener` when given.
+pub async fn serve_with(
+    config: Config,
+    listener: TcpListener,
+    http_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let signals = Arc::new(Signals::default());
@@ -92,14 +105,24 @@ pub async fn serve(
         None => Arc::new(MemoryStore::new(options, signals.clone())),
     };
     let stopping = CancellationToken::new();
+    let metrics = Arc::new(metrics::Metrics::default());
     let maintenance_waker = Arc::new(maintenance::Waker::default());
     let mut background = tokio::task::JoinSet::new();
     {
         let (store, signals, stopping) = (store.clone(), signals.clone(), stopping.clone());
         background.spawn(async move { store.relay_signals(signals, stopping).await });
     }
+    if let Some(http_listener) = http_listener {
+        background.spawn(http::serve(
+            http_listener,
+            store.clone(),
+            metrics.clone(),
+            stopping.clone(),
+        ));
+    }
     background.spawn(maintenance::run(
         store.clone(),
+        metrics.clone(),
         config.maintenance_interval,
         maintenance_waker.clone(),
         stopping.clone(),
@@ -129,6 +152,7 @@ pub async fn serve(
             defaults: config.defaults.clone(),
         },
         signals,
+        metrics,
         watch_stuck_after: config.watch_stuck_timeout,
         maintenance: maintenance_waker,
         shutdown: stopping.clone(),
@@ -145,10 +169,13 @@ pub async fn serve(
     .unwrap_or(0)
         + (256 << 10);
     let server = tonic::transport::Server::builder()
+        .accept_http1(true)
         .http2_keepalive_interval(Some(config.http2_keepalive))
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_resource_exhausted,
         ))
+        // gRPC-Web (HTTP/1.1 and browsers) on the same port.
+        .layer(tonic_web::GrpcWebLayer::new())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

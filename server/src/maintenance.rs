@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{self, Metrics};
 use crate::store::Store;
 
 /// Asks the maintenance loop to run earlier (a job was scheduled soon).
@@ -51,14 +52,24 @@ impl Waker {
 /// Runs passes until `shutdown`.
 pub async fn run(
     store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
     interval: Duration,
     waker: Arc<Waker>,
     shutdown: CancellationToken,
 ) {
     loop {
-        let sleep = match store.maintain().await {
-            Ok(Some(due)) => interval.min(due.max(Duration::from_millis(1))),
-            Ok(None) => interval,
+        let sleep = match metrics.store(store.maintain().await) {
+            Ok(report) => {
+                for (ns, queue, n) in &report.lease_expiries {
+                    metrics
+                        .lease_expired
+                        .get_or_create(&metrics::queue(ns, queue))
+                        .inc_by(*n);
+                }
+                report.next_due.map_or(interval, |due| {
+                    interval.min(due.max(Duration::from_millis(1)))
+                })
+            }
             Err(error) => {
                 tracing::warn!(%error, "maintenance pass failed");
                 interval

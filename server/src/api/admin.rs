@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Shared, job_id, namespace};
 use crate::error::Error;
+use crate::metrics;
 
 const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 1000;
@@ -40,11 +41,12 @@ impl AdminService for AdminApi {
                 reason: "is not a token this server handed out".into(),
             })?,
         };
-        let (jobs, next) = self
+        let listed = self
             .0
             .store
             .list_failed(ns, &req.queue, limit as usize, offset)
-            .await?;
+            .await;
+        let (jobs, next) = self.0.metrics.store(listed)?;
         Ok(Response::new(v1::ListFailedResponse {
             jobs,
             next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
@@ -57,7 +59,12 @@ impl AdminService for AdminApi {
     ) -> Result<Response<v1::RequeueResponse>, Status> {
         let ns = namespace(&request);
         let id = job_id(&request.get_ref().job_id)?;
-        let state = self.0.store.requeue(ns, &id).await?;
+        let state = self.0.metrics.store(self.0.store.requeue(ns, &id).await)?;
+        self.0
+            .metrics
+            .requeued
+            .get_or_create(&metrics::queue(ns, id.queue()))
+            .inc();
         tracing::info!(job_id = %id, "re-queued by an operator");
         Ok(Response::new(v1::RequeueResponse {
             state: state.into(),
@@ -71,6 +78,10 @@ impl AdminService for AdminApi {
         let ns = namespace(&request);
         let queue = &request.get_ref().queue;
         self.0.validator.queue("queue", queue)?;
-        Ok(Response::new(self.0.store.queue_stats(ns, queue).await?))
+        let stats = self
+            .0
+            .metrics
+            .store(self.0.store.queue_stats(ns, queue).await)?;
+        Ok(Response::new(stats))
     }
 }

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Shared, job_id, namespace};
+use crate::metrics;
 use crate::watch::{STREAM_BUFFER, Watcher};
 
 /// Metadata kept with a job so the worker's span continues the submitter's trace.
@@ -40,7 +41,12 @@ impl JobService for JobApi {
         let ns = namespace(&request);
         let trace = trace_context(&request);
         let job = self.0.validator.submit(request.into_inner(), trace)?;
-        let submitted = self.0.store.submit(ns, &job).await?;
+        let submitted = self.0.metrics.store(self.0.store.submit(ns, &job).await)?;
+        let labels = metrics::queue(ns, job.queue());
+        match submitted.deduplicated {
+            false => self.0.metrics.submitted.get_or_create(&labels).inc(),
+            true => self.0.metrics.deduplicated.get_or_create(&labels).inc(),
+        };
         if submitted.state == v1::JobState::Scheduled && !submitted.deduplicated {
             let due_in = if job.delay_ms > 0 {
                 Duration::from_millis(job.delay_ms)
@@ -65,7 +71,7 @@ impl JobService for JobApi {
     ) -> Result<Response<v1::GetStatusResponse>, Status> {
         let ns = namespace(&request);
         let id = job_id(&request.get_ref().job_id)?;
-        let job = self.0.store.get(ns, &id).await?;
+        let job = self.0.metrics.store(self.0.store.get(ns, &id).await)?;
         Ok(Response::new(v1::GetStatusResponse { job: Some(job) }))
     }
 
@@ -77,7 +83,17 @@ impl JobService for JobApi {
         let req = request.get_ref();
         let id = job_id(&req.job_id)?;
         self.0.validator.message("reason", &req.reason)?;
-        let (state, cancel_requested) = self.0.store.cancel(ns, &id, &req.reason).await?;
+        let (state, cancel_requested) = self
+            .0
+            .metrics
+            .store(self.0.store.cancel(ns, &id, &req.reason).await)?;
+        if state == v1::JobState::Cancelled || state == v1::JobState::Running {
+            self.0
+                .metrics
+                .cancelled
+                .get_or_create(&metrics::queue(ns, id.queue()))
+                .inc();
+        }
         tracing::info!(job_id = %id, state = state.as_str_name(), "cancel");
         Ok(Response::new(v1::CancelResponse {
             state: state.into(),
@@ -99,7 +115,9 @@ impl JobService for JobApi {
         // Subscribe before the first read, so no event falls in between.
         let feed = shared.signals.feed(ns, &id.to_string());
         // Unknown jobs and trimmed resume points fail the call itself.
-        let first = shared.store.events(ns, &id, req.after_seq, 256).await?;
+        let first = shared
+            .metrics
+            .store(shared.store.events(ns, &id, req.after_seq, 256).await)?;
         let watcher = Watcher {
             store: shared.store.clone(),
             signals: shared.signals.clone(),
@@ -110,8 +128,11 @@ impl JobService for JobApi {
             shutdown: shared.shutdown.clone(),
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let metrics = shared.metrics.clone();
         tokio::spawn(async move {
+            metrics.watchers.inc();
             watcher.run(first, tx).await;
+            metrics.watchers.dec();
             drop(feed);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

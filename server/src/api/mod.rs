@@ -17,6 +17,7 @@ pub use workers::WorkerApi;
 use crate::error::{Error, Result};
 use crate::keys::JobId;
 use crate::maintenance::Waker;
+use crate::metrics::Metrics;
 use crate::model::Validator;
 use crate::signals::Signals;
 use crate::store::Store;
@@ -29,6 +30,7 @@ pub struct Shared {
     pub store: Arc<dyn Store>,
     pub validator: Validator,
     pub signals: Arc<Signals>,
+    pub metrics: Arc<Metrics>,
     pub maintenance: Arc<Waker>,
     /// How long a watcher may leave its stream full before it is cut off.
     pub watch_stuck_after: std::time::Duration,

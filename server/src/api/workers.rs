@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use super::{Shared, job_id, lease_token, namespace};
 use crate::error::Error;
 use crate::keys::queue_tag;
+use crate::metrics::{self, Metrics};
 use crate::model::duration_ms;
 use crate::store::{Failure, timestamp};
 
@@ -26,13 +27,20 @@ impl WorkerApi {
         queues: &[String],
         max: usize,
     ) -> Result<Vec<v1::LeasedJob>, Error> {
+        let metrics = &self.0.metrics;
         let mut jobs = Vec::new();
         for queue in queues {
             let want = max - jobs.len();
             if want == 0 {
                 break;
             }
-            jobs.extend(self.0.store.lease(ns, queue, worker_id, want).await?);
+            let leased = metrics.store(self.0.store.lease(ns, queue, worker_id, want).await)?;
+            let labels = metrics::queue(ns, queue);
+            for l in leased {
+                metrics.leased.get_or_create(&labels).inc();
+                Metrics::observe(&metrics.queue_wait_seconds, &labels, l.queue_wait);
+                jobs.push(l.job);
+            }
         }
         Ok(jobs)
     }
@@ -110,7 +118,7 @@ impl WorkerService for WorkerApi {
             self.0.validator.progress(p)?;
         }
         self.0.validator.checkpoint(req.checkpoint.as_ref())?;
-        let hb = self
+        let heartbeat = self
             .0
             .store
             .heartbeat(
@@ -120,7 +128,8 @@ impl WorkerService for WorkerApi {
                 req.progress.as_ref(),
                 req.checkpoint.as_deref(),
             )
-            .await?;
+            .await;
+        let hb = self.0.metrics.store(heartbeat)?;
         Ok(Response::new(v1::HeartbeatResponse {
             cancel_requested: hb.cancel_requested,
             cancel_reason: hb.cancel_reason,
@@ -138,7 +147,14 @@ impl WorkerService for WorkerApi {
         let token = lease_token(&req.lease_token)?;
         let v = &self.0.validator;
         v.size("result", req.result.len(), v.limits.max_result_bytes)?;
-        let state = self.0.store.complete(ns, &id, token, &req.result).await?;
+        let metrics = &self.0.metrics;
+        let ended = metrics.store(self.0.store.complete(ns, &id, token, &req.result).await)?;
+        if let Some(run_time) = ended.run_time {
+            let labels = metrics::queue(ns, id.queue());
+            metrics.completed.get_or_create(&labels).inc();
+            Metrics::observe(&metrics.run_seconds, &labels, run_time);
+        }
+        let state = ended.state;
         tracing::debug!(job_id = %id, "completed");
         Ok(Response::new(v1::CompleteResponse {
             state: state.into(),
@@ -164,7 +180,20 @@ impl WorkerService for WorkerApi {
         };
         self.0.validator.error(&failure.error)?;
         self.0.validator.checkpoint(failure.checkpoint.as_ref())?;
-        let (state, retry_in) = self.0.store.fail(ns, &id, token, &failure).await?;
+        let metrics = &self.0.metrics;
+        let ended = metrics.store(self.0.store.fail(ns, &id, token, &failure).await)?;
+        let (state, retry_in) = (ended.state, ended.retry_in);
+        metrics
+            .failed
+            .get_or_create(&metrics::state(ns, id.queue(), state))
+            .inc();
+        if let Some(run_time) = ended.run_time {
+            Metrics::observe(
+                &metrics.run_seconds,
+                &metrics::queue(ns, id.queue()),
+                run_time,
+            );
+        }
         if let Some(after) = retry_in {
             self.0.maintenance.wake_in(after);
         }
@@ -185,11 +214,12 @@ impl WorkerService for WorkerApi {
         let id = job_id(&req.job_id)?;
         let token = lease_token(&req.lease_token)?;
         self.0.validator.checkpoint(req.checkpoint.as_ref())?;
-        let state = self
+        let released = self
             .0
             .store
             .release(ns, &id, token, req.checkpoint.as_deref())
-            .await?;
+            .await;
+        let state = self.0.metrics.store(released)?;
         tracing::info!(job_id = %id, state = state.as_str_name(), "released");
         Ok(Response::new(v1::ReleaseResponse {
             state: state.into(),

@@ -153,6 +153,11 @@ impl<'a> Reply<'a> {
         }
     }
 
+    /// A non-negative number of milliseconds.
+    pub fn millis(&self, i: usize) -> Duration {
+        Duration::from_millis(u64::try_from(self.int(i)).unwrap_or_default())
+    }
+
     /// A leased job from one entry of the lease script's reply.
     pub fn leased_job(&self) -> Result<v1::LeasedJob> {
         let deadline_ms = u64::try_from(self.int(4)).unwrap_or_default();

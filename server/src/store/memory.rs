@@ -14,7 +14,9 @@ use jobctl_proto::v1::{self, EventKind, JobState};
 use tokio_util::sync::CancellationToken;
 
 use super::codec::timestamp;
-use super::{Failure, Heartbeat, Store, StoreOptions, Submitted};
+use super::{
+    AttemptEnded, Failure, Heartbeat, Leased, Maintenance, Store, StoreOptions, Submitted,
+};
 use crate::error::{Error, Result};
 use crate::keys::{JobId, queue_tag};
 use crate::model::{Backoff, NewJob};
@@ -492,7 +494,7 @@ impl Store for MemoryStore {
         queue_name: &str,
         worker_id: &str,
         max: usize,
-    ) -> Result<Vec<v1::LeasedJob>> {
+    ) -> Result<Vec<Leased>> {
         let now = now_ms();
         let mut state = self.state();
         let State { queues, jobs, .. } = &mut *state;
@@ -529,7 +531,8 @@ impl Store for MemoryStore {
             job.updated = now;
             queue.active.insert((lease_expires, job.id.to_string()));
             job.event(self.options.event_cap, EventKind::StateChanged, now, |_| {});
-            out.push(v1::LeasedJob {
+            let queue_wait = Duration::from_millis(now.saturating_sub(job.run_at));
+            let leased = v1::LeasedJob {
                 job_id: job.id.to_string(),
                 lease_token: token,
                 queue: queue_name.to_owned(),
@@ -544,6 +547,10 @@ impl Store for MemoryStore {
                 labels: job.labels.clone().into_iter().collect(),
                 deadline: timestamp(job.deadline),
                 trace_context: job.trace_context.clone().into_iter().collect(),
+            };
+            out.push(Leased {
+                job: leased,
+                queue_wait,
             });
         }
         Ok(out)
@@ -586,21 +593,36 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn complete(&self, ns: &str, id: &JobId, token: &str, result: &[u8]) -> Result<JobState> {
+    async fn complete(
+        &self,
+        ns: &str,
+        id: &JobId,
+        token: &str,
+        result: &[u8],
+    ) -> Result<AttemptEnded> {
         let now = now_ms();
         let mut state = self.state();
         {
             let job = state.job(ns, id)?;
             if job.state == JobState::Succeeded && job.token.as_deref() == Some(token) {
-                return Ok(JobState::Succeeded);
+                return Ok(AttemptEnded {
+                    state: JobState::Succeeded,
+                    retry_in: None,
+                    run_time: None,
+                });
             }
         }
         let (job, queue) = Self::leased(&mut state, ns, id, token, "complete")?;
+        let run_time = Duration::from_millis(now.saturating_sub(job.started));
         job.result = Some(result.to_vec());
         self.finish(job, queue, JobState::Succeeded, now, |e| {
             e.result = result.to_vec()
         });
-        Ok(JobState::Succeeded)
+        Ok(AttemptEnded {
+            state: JobState::Succeeded,
+            retry_in: None,
+            run_time: Some(run_time),
+        })
     }
 
     async fn fail(
@@ -609,14 +631,20 @@ impl Store for MemoryStore {
         id: &JobId,
         token: &str,
         failure: &Failure,
-    ) -> Result<(JobState, Option<Duration>)> {
+    ) -> Result<AttemptEnded> {
         let now = now_ms();
         let mut state = self.state();
         let (job, queue) = Self::leased(&mut state, ns, id, token, "fail")?;
+        let run_time = Duration::from_millis(now.saturating_sub(job.started));
         if let Some(c) = &failure.checkpoint {
             job.checkpoint = Some(c.clone());
         }
-        Ok(self.fail_attempt(ns, job, queue, failure, now))
+        let (state, retry_in) = self.fail_attempt(ns, job, queue, failure, now);
+        Ok(AttemptEnded {
+            state,
+            retry_in,
+            run_time: Some(run_time),
+        })
     }
 
     async fn release(
@@ -713,7 +741,17 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn maintain(&self) -> Result<Option<Duration>> {
+    async fn queues(&self) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .state()
+            .queues
+            .keys()
+            .filter_map(|tag| tag.split_once(':'))
+            .map(|(ns, queue)| (ns.to_owned(), queue.to_owned()))
+            .collect())
+    }
+
+    async fn maintain(&self) -> Result<Maintenance> {
         let now = now_ms();
         let mut state = self.state();
         let State {
@@ -722,11 +760,13 @@ impl Store for MemoryStore {
             idempotency,
         } = &mut *state;
         let mut next_due = None;
+        let mut lease_expiries = Vec::new();
         let mut woken = Vec::new();
         for (tag, queue) in queues.iter_mut() {
-            let Some((ns, _)) = tag.split_once(':') else {
+            let Some((ns, queue_name)) = tag.split_once(':') else {
                 continue;
             };
+            let mut reaped = 0;
             // Promote.
             while let Some((at, id)) = queue.sched.first().cloned() {
                 if at > now {
@@ -775,10 +815,14 @@ impl Store for MemoryStore {
                     ..Failure::default()
                 };
                 let (next, _) = self.fail_attempt(ns, job, queue, &failure, now);
+                reaped += 1;
                 if next == JobState::Scheduled {
                     let due = Duration::from_millis(job.run_at.saturating_sub(now));
                     next_due = Some(next_due.map_or(due, |d: Duration| d.min(due)));
                 }
+            }
+            if reaped > 0 {
+                lease_expiries.push((ns.to_owned(), queue_name.to_owned(), reaped));
             }
             // Expire.
             while let Some((at, id)) = queue.done.first().cloned() {
@@ -796,7 +840,10 @@ impl Store for MemoryStore {
         for tag in woken {
             self.signals.wake(&tag);
         }
-        Ok(next_due)
+        Ok(Maintenance {
+            next_due,
+            lease_expiries,
+        })
     }
 
     async fn events(

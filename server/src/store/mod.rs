@@ -51,6 +51,33 @@ pub struct Failure {
     pub checkpoint: Option<Vec<u8>>,
 }
 
+/// A leased job and how long it had waited ready.
+#[derive(Clone, Debug)]
+pub struct Leased {
+    pub job: v1::LeasedJob,
+    pub queue_wait: Duration,
+}
+
+/// How an attempt ended.
+#[derive(Clone, Debug)]
+pub struct AttemptEnded {
+    /// The job's state after the call.
+    pub state: JobState,
+    /// When it will be retried after a backoff: how long from now.
+    pub retry_in: Option<Duration>,
+    /// How long the attempt ran (None for a repeated call).
+    pub run_time: Option<Duration>,
+}
+
+/// What a maintenance pass over every queue did.
+#[derive(Clone, Debug, Default)]
+pub struct Maintenance {
+    /// How soon the next scheduled job is due, if known.
+    pub next_due: Option<Duration>,
+    /// Leases that expired, by (namespace, queue).
+    pub lease_expiries: Vec<(String, String, u64)>,
+}
+
 /// What one maintenance pass over a queue did.
 #[derive(Clone, Debug, Default)]
 pub struct Maintained {
@@ -85,7 +112,7 @@ pub trait Store: Send + Sync + 'static {
         queue: &str,
         worker_id: &str,
         max: usize,
-    ) -> Result<Vec<v1::LeasedJob>>;
+    ) -> Result<Vec<Leased>>;
 
     /// Extends a lease, records progress and a checkpoint.
     async fn heartbeat(
@@ -98,17 +125,22 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Heartbeat>;
 
     /// Ends an attempt with success.
-    async fn complete(&self, ns: &str, id: &JobId, token: &str, result: &[u8]) -> Result<JobState>;
+    async fn complete(
+        &self,
+        ns: &str,
+        id: &JobId,
+        token: &str,
+        result: &[u8],
+    ) -> Result<AttemptEnded>;
 
-    /// Ends an attempt with an error; returns the next state and, when it
-    /// will be retried after a backoff, how long from now.
+    /// Ends an attempt with an error; it is retried while attempts remain.
     async fn fail(
         &self,
         ns: &str,
         id: &JobId,
         token: &str,
         failure: &Failure,
-    ) -> Result<(JobState, Option<Duration>)>;
+    ) -> Result<AttemptEnded>;
 
     /// Hands a running job back without using up its attempt.
     async fn release(
@@ -137,8 +169,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// One maintenance pass over every queue: promote due scheduled jobs,
     /// reap expired leases, delete finished jobs past their retention.
-    /// Returns how soon the next scheduled job is due, if known.
-    async fn maintain(&self) -> Result<Option<Duration>>;
+    async fn maintain(&self) -> Result<Maintenance>;
+
+    /// Every known `(namespace, queue)`.
+    async fn queues(&self) -> Result<Vec<(String, String)>>;
 
     /// The job's events with a sequence number above `after`, in order, at
     /// most `limit`. `OUT_OF_RANGE` when events after `after` were trimmed

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::codec::{self, Record, Reply, encode_map};
 use super::scripts::Scripts;
-use super::{Failure, Heartbeat, Maintained, Store, Submitted};
+use super::{AttemptEnded, Failure, Heartbeat, Leased, Maintained, Maintenance, Store, Submitted};
 use crate::error::{Error, Result};
 use crate::keys::{JobId, Keyspace, QueueKeys};
 use crate::model::NewJob;
@@ -137,18 +137,6 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Every known `(namespace, queue)`.
-    pub async fn queues(&self) -> Result<Vec<(String, String)>> {
-        let tags: Vec<String> = self.conn().smembers(self.keys.registry()).await?;
-        Ok(tags
-            .into_iter()
-            .filter_map(|t| {
-                t.split_once(':')
-                    .map(|(ns, q)| (ns.to_owned(), q.to_owned()))
-            })
-            .collect())
-    }
-
     async fn state_of(&self, ns: &str, id: &JobId) -> Result<JobState> {
         let qk = self.keys.queue(ns, id.queue());
         let st: Option<i64> = self.conn().hget(qk.job(id), "st").await?;
@@ -255,15 +243,30 @@ impl RedisStore {
 
 #[tonic::async_trait]
 impl Store for RedisStore {
+    /// Every known `(namespace, queue)`.
+    async fn queues(&self) -> Result<Vec<(String, String)>> {
+        let tags: Vec<String> = self.conn().smembers(self.keys.registry()).await?;
+        Ok(tags
+            .into_iter()
+            .filter_map(|t| {
+                t.split_once(':')
+                    .map(|(ns, q)| (ns.to_owned(), q.to_owned()))
+            })
+            .collect())
+    }
+
     /// Answers once Redis does.
-    async fn maintain(&self) -> Result<Option<Duration>> {
-        let mut next_due: Option<Duration> = None;
+    async fn maintain(&self) -> Result<Maintenance> {
+        let mut report = Maintenance::default();
         for (ns, queue) in self.queues().await? {
             match self.maintain_queue(&ns, &queue).await {
                 Ok(done) => {
                     if let Some(ms) = done.next_due_in_ms {
                         let due = Duration::from_millis(ms);
-                        next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                        report.next_due = Some(report.next_due.map_or(due, |d| d.min(due)));
+                    }
+                    if done.reaped > 0 {
+                        report.lease_expiries.push((ns, queue, done.reaped));
                     }
                 }
                 Err(error) => {
@@ -271,7 +274,7 @@ impl Store for RedisStore {
                 }
             }
         }
-        Ok(next_due)
+        Ok(report)
     }
 
     async fn relay_signals(&self, signals: Arc<Signals>, shutdown: CancellationToken) {
@@ -456,7 +459,7 @@ impl Store for RedisStore {
         queue: &str,
         worker_id: &str,
         max: usize,
-    ) -> Result<Vec<v1::LeasedJob>> {
+    ) -> Result<Vec<Leased>> {
         let qk = self.keys.queue(ns, queue);
         let lock = self.lease_lock(qk.tag());
         let _guard = lock.lock().await;
@@ -487,7 +490,13 @@ impl Store for RedisStore {
             };
             let jobs = entries
                 .iter()
-                .map(|e| Reply::of(e).and_then(|r| r.leased_job()))
+                .map(|e| {
+                    let reply = Reply::of(e)?;
+                    Ok(Leased {
+                        job: reply.leased_job()?,
+                        queue_wait: reply.millis(13),
+                    })
+                })
                 .collect::<Result<Vec<_>>>()?;
             if !jobs.is_empty() {
                 return Ok(jobs);
@@ -531,7 +540,13 @@ impl Store for RedisStore {
         }
     }
 
-    async fn complete(&self, ns: &str, id: &JobId, token: &str, result: &[u8]) -> Result<JobState> {
+    async fn complete(
+        &self,
+        ns: &str,
+        id: &JobId,
+        token: &str,
+        result: &[u8],
+    ) -> Result<AttemptEnded> {
         let qk = self.keys.queue(ns, id.queue());
         let value: Value = self
             .scripts
@@ -548,20 +563,22 @@ impl Store for RedisStore {
             .await?;
         let reply = Reply::of(&value)?;
         match reply.str(0) {
-            "ok" => Ok(codec::state(reply.int(1))),
+            "ok" => Ok(AttemptEnded {
+                state: codec::state(reply.int(1)),
+                retry_in: None,
+                run_time: (reply.int(2) >= 0).then(|| reply.millis(2)),
+            }),
             _ => Err(refusal(&reply, id, "complete")),
         }
     }
 
-    /// Ends an attempt with an error; returns the next state and, when it
-    /// will be retried after a backoff, how long from now.
     async fn fail(
         &self,
         ns: &str,
         id: &JobId,
         token: &str,
         failure: &Failure,
-    ) -> Result<(JobState, Option<Duration>)> {
+    ) -> Result<AttemptEnded> {
         let qk = self.keys.queue(ns, id.queue());
         let retry_after_ms = failure
             .retry_after
@@ -595,10 +612,12 @@ impl Store for RedisStore {
         match reply.str(0) {
             "ok" => {
                 let state = codec::state(reply.int(1));
-                let retry_in = (state == JobState::Scheduled).then(|| {
-                    Duration::from_millis(u64::try_from(reply.int(2)).unwrap_or_default())
-                });
-                Ok((state, retry_in))
+                let retry_in = (state == JobState::Scheduled).then(|| reply.millis(2));
+                Ok(AttemptEnded {
+                    state,
+                    retry_in,
+                    run_time: Some(reply.millis(3)),
+                })
             }
             _ => Err(refusal(&reply, id, "fail")),
         }

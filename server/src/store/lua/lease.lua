@@ -6,7 +6,7 @@
 -- ARGV[4..] candidate job ids, in the order of KEYS
 -- Returns one entry per claimed job: {id, token, attempt, lease expires ms,
 -- deadline ms (0: none), kind, payload, max attempts, checkpoint or nil,
--- labels, trace context, lease ttl ms, queue}
+-- labels, trace context, lease ttl ms, queue, ms it waited ready}
 local now = now_ms()
 local out = {}
 for i = 4, #ARGV do
@@ -30,9 +30,11 @@ for i = 4, #ARGV do
         'le', fmt(le), 'sa', fmt(now), 'ua', fmt(now))
       redis.call('ZADD', KEYS[2], fmt(le), id)
       add_event(job, ev, ARGV[3], E_STATE, S_RUNNING, now)
-      local d = redis.call('HMGET', job, 'k', 'p', 'ma', 'cp', 'lb', 'tc', 'lt', 'q')
+      local d = redis.call('HMGET', job, 'k', 'p', 'ma', 'cp', 'lb', 'tc', 'lt', 'q', 'ra')
+      local waited = now - tonumber(d[9] or now)
+      if waited < 0 then waited = 0 end
       out[#out + 1] = { id, token, attempt, fmt(le), fmt(dl), d[1] or '', d[2] or '',
-        d[3] or '1', d[4] or false, d[5] or '', d[6] or '', d[7] or '0', d[8] or '' }
+        d[3] or '1', d[4] or false, d[5] or '', d[6] or '', d[7] or '0', d[8] or '', fmt(waited) }
     end
   end
 end
