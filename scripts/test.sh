@@ -42,6 +42,9 @@ have_libfaketime() {
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 have_libfaketime || missing+=(faketime)
+# The export example's page is tested in a real headless browser.
+command -v "${CHROMIUM:-chromium}" >/dev/null || missing+=(chromium)
+command -v "${CHROMEDRIVER:-chromedriver}" >/dev/null || missing+=(chromium-driver)
 
 if ((${#missing[@]})); then
     if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
@@ -52,8 +55,9 @@ if ((${#missing[@]})); then
     else
         die "the tests need: ${missing[*]}
   Debian/Ubuntu: sudo apt-get install -y ${missing[*]}
-  Fedora:        sudo dnf install -y redis libfaketime
-  macOS:         brew install redis libfaketime (then set JOBCTL_TEST_LIBFAKETIME)"
+  Fedora:        sudo dnf install -y redis libfaketime chromium chromedriver
+  macOS:         brew install redis libfaketime chromedriver (then set JOBCTL_TEST_LIBFAKETIME,
+                 CHROMIUM and CHROMEDRIVER)"
     fi
 fi
 command -v redis-server >/dev/null || die "redis-server is still missing"
@@ -95,7 +99,7 @@ check "buf lint proto" buf_lint
 
 # --- tests -----------------------------------------------------------------
 
-# The end-to-end tests also run the jobctl-server binary as a process.
+# The export example's browser test and other tests run the binaries.
 check "cargo build --workspace --bins" cargo build --workspace --bins
 
 # The end-to-end tests mostly wait on timers and processes, not the CPU, so
