@@ -18,6 +18,10 @@ pub struct Config {
     #[arg(long, env = "JOBCTL_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
 
+    /// HTTP listen address: Prometheus `/metrics`, `/healthz`, `/readyz`.
+    #[arg(long, env = "JOBCTL_HTTP_LISTEN", default_value = "0.0.0.0:9090")]
+    pub http_listen: SocketAddr,
+
     /// Redis URL (`redis://[user:pass@]host:port[/db]`).
     #[arg(long, env = "JOBCTL_REDIS_URL")]
     pub redis_url: Option<String>,

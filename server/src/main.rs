@@ -53,6 +53,16 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let http_listener = match tokio::net::TcpListener::bind(config.http_listen).await {
+        Ok(l) => l,
+        Err(error) => {
+            tracing::error!(%error, http_listen = %config.http_listen, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    let http_addr = http_listener
+        .local_addr()
+        .map_or_else(|_| config.http_listen.to_string(), |a| a.to_string());
     let addr = listener
         .local_addr()
         .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
@@ -64,8 +74,10 @@ async fn main() -> ExitCode {
     }
     tracing::info!("authentication is off: every caller is in the \"default\" namespace");
     // Tools and tests read the bound address from this line.
+    tracing::info!(%http_addr, "metrics on http://{http_addr}/metrics");
     println!("jobctl-server listening on {addr}");
-    match jobctl_server::serve(config, listener, shutdown_signal()).await {
+    match jobctl_server::serve_with(config, listener, Some(http_listener), shutdown_signal()).await
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "server failed");

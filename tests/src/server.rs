@@ -194,6 +194,8 @@ pub fn command_line(redis_url: &str, extra_flags: &[&str]) -> Vec<String> {
         "jobctl-server".to_owned(),
         "--listen".to_owned(),
         "127.0.0.1:0".to_owned(),
+        "--http-listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
         "--redis-url".to_owned(),
         redis_url.to_owned(),
     ];
