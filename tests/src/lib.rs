@@ -2,36 +2,45 @@
 //!
 //! Every test starts real things and talks to them over the wire:
 //!
+//! - [`Backend`]: the store a scenario runs on, a [`RedisServer`] or the
+//!   embedded in-process store; [`conformance!`] turns a scenario into one
+//!   test per store.
 //! - [`RedisServer`]: a `redis-server` process on a free port in its own
 //!   temporary directory (optionally under libfaketime, or in cluster mode),
 //!   killed when dropped. Each test gets its own, so tests run in parallel and
 //!   nothing is ever flushed.
 //! - [`TestServer`]: `jobctl_server::serve` in-process on `127.0.0.1:0`, with
-//!   connected job, worker and admin clients.
+//!   connected job, worker and admin clients ([`TestServer::start_on`] a
+//!   [`Backend`]).
 //! - [`ServerProcess`] and [`WorkerProcess`]: the `jobctl-server` binary and
 //!   the `jobctl-test-worker` binary (built on the worker SDK) as child
 //!   processes, for tests that kill them with SIGKILL.
 //! - [`eventually`] and [`holds_for`]: poll a condition until it is met (or
 //!   for as long as it must keep holding) instead of sleeping.
 //! - [`Snapshot`]: every Redis key with its type and value, to prove that a
-//!   refused request wrote nothing.
+//!   refused request wrote nothing; [`StateSnapshot`] proves it on either
+//!   store (through the API, plus every key on Redis).
 //!
 //! The redis on port 6379 is never used.
 
 pub mod api;
+pub mod backend;
 pub mod panics;
 pub mod process;
 pub mod redis_server;
 pub mod server;
 pub mod snapshot;
+pub mod state;
 pub mod wait;
 
 pub use api::*;
+pub use backend::{Backend, BackendKind};
 pub use panics::{assert_no_panics, count_panics};
 pub use process::{ServerProcess, WorkerProcess, server_binary};
 pub use redis_server::{RedisOptions, RedisServer};
 pub use server::TestServer;
 pub use snapshot::{Snapshot, StoredValue};
+pub use state::StateSnapshot;
 pub use wait::{eventually, holds_for};
 
 /// The path of the `jobctl-test-worker` binary, for [`WorkerProcess::spawn`].

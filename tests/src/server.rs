@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::RedisServer;
+use crate::{Backend, RedisServer};
 
 /// Flags every test server gets unless the test passes its own value.
 ///
@@ -27,7 +27,8 @@ pub const DEFAULT_FLAGS: &[(&str, &str)] = &[
 ];
 
 /// `jobctl_server::serve` running in-process on `127.0.0.1:<free port>`
-/// against one Redis, with connected clients. Shut down when dropped.
+/// against one Redis or on the embedded store, with connected clients. Shut
+/// down when dropped.
 pub struct TestServer {
     /// The address it listens on.
     pub addr: SocketAddr,
@@ -52,11 +53,26 @@ impl TestServer {
         Self::start_with_url(&redis.url(), extra_flags).await
     }
 
+    /// Starts a server on `backend`: against its Redis, or on the embedded
+    /// store (a [`Config`] without `redis_url`; each such server has a store
+    /// of its own). Flags as for [`TestServer::start`].
+    pub async fn start_on(backend: &Backend, extra_flags: &[&str]) -> Self {
+        match backend {
+            Backend::Redis(redis) => Self::start(redis, extra_flags).await,
+            Backend::Embedded => Self::start_with_config(embedded_config(extra_flags)).await,
+        }
+    }
+
     /// Like [`TestServer::start`] with any Redis URL.
     pub async fn start_with_url(redis_url: &str, extra_flags: &[&str]) -> Self {
+        Self::start_with_config(config(redis_url, extra_flags)).await
+    }
+
+    /// Starts a server with exactly `config` (its `listen` address is not
+    /// used: the server listens on `127.0.0.1:<free port>`).
+    pub async fn start_with_config(config: Config) -> Self {
         crate::init_tracing();
         crate::panics::install_panic_counter();
-        let config = config(redis_url, extra_flags);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
@@ -175,7 +191,18 @@ impl Drop for TestServer {
 /// 127.0.0.1:0` when the server has that flag (so parallel tests do not fight
 /// over the metrics port).
 pub fn config(redis_url: &str, extra_flags: &[&str]) -> Config {
-    let args = command_line(redis_url, extra_flags);
+    parse_config(command_line(redis_url, extra_flags), extra_flags)
+}
+
+/// Like [`config`] for the embedded store: no `--redis-url`, and no Redis
+/// URL even when `JOBCTL_REDIS_URL` is set in the environment.
+pub fn embedded_config(extra_flags: &[&str]) -> Config {
+    let mut config = parse_config(embedded_command_line(extra_flags), extra_flags);
+    config.redis_url = None;
+    config
+}
+
+fn parse_config(args: Vec<String>, extra_flags: &[&str]) -> Config {
     let mut with_http = args.clone();
     with_http.extend(["--http-listen".to_owned(), "127.0.0.1:0".to_owned()]);
     if !flag_given(extra_flags, "--http-listen")
@@ -190,15 +217,25 @@ pub fn config(redis_url: &str, extra_flags: &[&str]) -> Config {
 /// `jobctl-server --listen 127.0.0.1:0 --redis-url <url>` plus
 /// [`DEFAULT_FLAGS`] (unless overridden) and `extra_flags`.
 pub fn command_line(redis_url: &str, extra_flags: &[&str]) -> Vec<String> {
+    command_line_for(Some(redis_url), extra_flags)
+}
+
+/// [`command_line`] without `--redis-url`: the embedded store.
+pub fn embedded_command_line(extra_flags: &[&str]) -> Vec<String> {
+    command_line_for(None, extra_flags)
+}
+
+fn command_line_for(redis_url: Option<&str>, extra_flags: &[&str]) -> Vec<String> {
     let mut args = vec![
         "jobctl-server".to_owned(),
         "--listen".to_owned(),
         "127.0.0.1:0".to_owned(),
         "--http-listen".to_owned(),
         "127.0.0.1:0".to_owned(),
-        "--redis-url".to_owned(),
-        redis_url.to_owned(),
     ];
+    if let Some(url) = redis_url {
+        args.extend(["--redis-url".to_owned(), url.to_owned()]);
+    }
     for (flag, value) in DEFAULT_FLAGS {
         if !flag_given(extra_flags, flag) {
             args.push((*flag).to_owned());

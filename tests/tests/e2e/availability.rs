@@ -1,4 +1,6 @@
-//! Redis going away and coming back; processes killed with SIGKILL.
+//! Redis-only: Redis going away and coming back, and server replicas (the
+//! `jobctl-server` binary, sharing one Redis) killed with SIGKILL. Worker
+//! processes killed mid-job run on both stores: `conformance::worker_processes`.
 
 use std::time::{Duration, Instant};
 
@@ -114,39 +116,6 @@ async fn unavailable_while_redis_is_down_and_recovers_when_it_is_back() {
         "after Redis came back a submit woke a long poll only after {:?}",
         submitted.elapsed()
     );
-}
-
-/// A worker process killed with SIGKILL in the middle of a job: the job's
-/// lease expires, another worker leases it and completes it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_process_killed_mid_job_is_re_leased_and_completed() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
-    let id = submit(
-        &srv.job,
-        SubmitRequest {
-            lease_ttl: Some(pb_duration(SEC)),
-            max_attempts: 3,
-            retry: Some(backoff(
-                Duration::from_millis(10),
-                Duration::from_millis(10),
-                1.0,
-            )),
-            ..submit_request("kill", "sleep", r#"{"ms": 60000, "retry_ms": 10}"#)
-        },
-    )
-    .await;
-    let mut a = WorkerProcess::spawn(test_worker_bin!(), &srv.endpoint, "worker-a", "kill", 1);
-    let job = wait_for_state(&srv.job, &id, JobState::Running, Duration::from_secs(15)).await;
-    assert_eq!(job.worker_id, "worker-a");
-    a.kill().await;
-    let killed_at = Instant::now();
-    let _b = WorkerProcess::spawn(test_worker_bin!(), &srv.endpoint, "worker-b", "kill", 1);
-    let job = wait_for_state(&srv.job, &id, JobState::Succeeded, Duration::from_secs(15)).await;
-    assert_eq!(job.attempt, 2);
-    assert_eq!(job.worker_id, "worker-b");
-    assert_eq!(job.result, b"worker-b:2");
-    assert!(killed_at.elapsed() < Duration::from_secs(10));
 }
 
 fn replica_job(payload: &str, priority: i32) -> SubmitRequest {
@@ -331,69 +300,4 @@ async fn invariant_6_watch_resumed_on_another_replica_after_a_kill_misses_and_re
     for pair in all.windows(2) {
         assert!(pair[0] < pair[1], "seq strictly increasing: {all:?}");
     }
-}
-
-/// A checkpointing job whose worker process is SIGKILLed part-way resumes
-/// from its last checkpoint on the next worker instead of starting over; a
-/// failing job goes to the dead letters with the handler's message.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn checkpointed_job_resumes_after_its_worker_process_is_killed() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
-    let id = submit(
-        &srv.job,
-        SubmitRequest {
-            lease_ttl: Some(pb_duration(SEC)),
-            max_attempts: 3,
-            retry: Some(backoff(
-                Duration::from_millis(10),
-                Duration::from_millis(10),
-                1.0,
-            )),
-            ..submit_request("resume", "checkpointed", r#"{"steps": 30, "step_ms": 100}"#)
-        },
-    )
-    .await;
-    let fatal = submit(
-        &srv.job,
-        SubmitRequest {
-            max_attempts: 3,
-            ..submit_request(
-                "resume",
-                "fail",
-                r#"{"fatal": true, "message": "bad row 7"}"#,
-            )
-        },
-    )
-    .await;
-    let mut a = WorkerProcess::spawn(test_worker_bin!(), &srv.endpoint, "first", "resume", 2);
-    let done_before_kill: u64 =
-        eventually("a few checkpoints", Duration::from_secs(15), || async {
-            let job = get_job(&srv.job, &id).await;
-            let steps = job
-                .checkpoint
-                .as_deref()
-                .and_then(|c| std::str::from_utf8(c).ok())
-                .and_then(|s| s.parse::<u64>().ok())
-                .unwrap_or(0);
-            if steps >= 3 { Ok(steps) } else { Err(steps) }
-        })
-        .await;
-    a.kill().await;
-    let _b = WorkerProcess::spawn(test_worker_bin!(), &srv.endpoint, "second", "resume", 2);
-    let job = wait_for_state(&srv.job, &id, JobState::Succeeded, Duration::from_secs(15)).await;
-    assert_eq!(job.attempt, 2);
-    let result = String::from_utf8(job.result).expect("utf-8");
-    let resumed_from: u64 = result
-        .strip_prefix("resumed_from=")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected result {result:?}"));
-    assert!(
-        resumed_from >= done_before_kill && resumed_from < 30,
-        "the second attempt resumed from step {resumed_from}; {done_before_kill} were checkpointed before the kill"
-    );
-
-    let job = wait_for_state(&srv.job, &fatal, JobState::Failed, Duration::from_secs(5)).await;
-    assert_eq!(job.attempt, 1);
-    assert_eq!(job.error.map(|e| e.message), Some("bad row 7".to_owned()));
 }

@@ -1,6 +1,9 @@
 //! End-to-end tests of jobctl: real `redis-server` processes, the server on a
 //! real socket, workers in-process (worker SDK) and as child processes.
 //!
+//! `conformance` runs every scenario on both stores (`…::redis` and
+//! `…::embedded`); the other modules need Redis itself.
+//!
 //! Each test starts its own Redis, so the tests run in parallel. Nothing here
 //! sleeps to wait for something to happen: conditions are polled
 //! (`eventually`), and "must not happen" is checked over an interval
@@ -10,10 +13,6 @@
 //! links once.
 
 mod availability;
+mod conformance;
 mod invariants;
-mod lifecycle;
-mod limits;
-mod malformed;
-mod model;
 mod performance;
-mod worker_sdk;

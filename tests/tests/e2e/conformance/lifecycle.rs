@@ -14,6 +14,27 @@ use tonic::Code;
 
 const SEC: Duration = Duration::from_secs(1);
 
+conformance! {
+    priority_orders_leases_higher_first_then_fifo;
+    delayed_job_is_not_leasable_before_its_time;
+    retry_backoff_then_dead_letter_then_requeue;
+    fail_with_retry_after_overrides_the_backoff;
+    non_retryable_failure_dead_letters_at_once;
+    release_returns_job_without_using_an_attempt;
+    heartbeats_extend_the_lease_and_report_progress;
+    lease_long_poll_is_woken_by_a_submit;
+    lease_long_poll_is_woken_when_a_delayed_job_becomes_due;
+    lease_long_poll_without_work_returns_empty_after_its_wait;
+    lease_returns_up_to_max_jobs_in_one_call;
+    lease_takes_from_queues_in_order_of_preference;
+    finished_jobs_disappear_after_their_retention;
+    watch_progress_streams_every_event_in_order_and_ends_after_terminal;
+    queue_stats_count_jobs_by_state;
+    get_status_reports_the_whole_job;
+    execution_timeout_ends_an_attempt_even_while_heartbeating;
+    cancel_of_a_job_waiting_for_its_retry_is_immediate_and_final;
+}
+
 fn delayed(queue: &str, payload: &str, delay: Duration) -> SubmitRequest {
     SubmitRequest {
         schedule: Some(Schedule::Delay(pb_duration(delay))),
@@ -21,10 +42,8 @@ fn delayed(queue: &str, payload: &str, delay: Duration) -> SubmitRequest {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn priority_orders_leases_higher_first_then_fifo() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
+async fn priority_orders_leases_higher_first_then_fifo(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
     let mut expected = Vec::new();
     let submitted: Vec<(i32, &str)> = vec![
         (0, "p0-a"),
@@ -69,10 +88,8 @@ async fn priority_orders_leases_higher_first_then_fifo() {
     assert_eq!(got, expected);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delayed_job_is_not_leasable_before_its_time() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
+async fn delayed_job_is_not_leasable_before_its_time(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
     let start = Instant::now();
     let later = submit(&srv.job, delayed("delay", "later", SEC)).await;
     let at = submit(
@@ -115,10 +132,8 @@ async fn delayed_job_is_not_leasable_before_its_time() {
 
 /// Retries back off (SCHEDULED for at least the backoff, then QUEUED), the
 /// last failure dead-letters the job, and a re-queue runs it again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_backoff_then_dead_letter_then_requeue() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &["--default-backoff-jitter", "0"]).await;
+async fn retry_backoff_then_dead_letter_then_requeue(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &["--default-backoff-jitter", "0"]).await;
     let initial = Duration::from_millis(300);
     let id = submit(
         &srv.job,
@@ -216,10 +231,8 @@ async fn retry_backoff_then_dead_letter_then_requeue() {
     assert_eq!(get_job(&srv.job, &id).await.state(), JobState::Succeeded);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fail_with_retry_after_overrides_the_backoff() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
+async fn fail_with_retry_after_overrides_the_backoff(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
     let id = submit(
         &srv.job,
         SubmitRequest {
@@ -254,10 +267,8 @@ async fn fail_with_retry_after_overrides_the_backoff() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn non_retryable_failure_dead_letters_at_once() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
+async fn non_retryable_failure_dead_letters_at_once(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
     let id = submit(
         &srv.job,
         SubmitRequest {
@@ -280,10 +291,8 @@ async fn non_retryable_failure_dead_letters_at_once() {
 }
 
 /// Release hands a job back at once, without using up an attempt.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn release_returns_job_without_using_an_attempt() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
+async fn release_returns_job_without_using_an_attempt(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
     let id = submit(
         &srv.job,
         SubmitRequest {
@@ -329,10 +338,8 @@ async fn release_returns_job_without_using_an_attempt() {
 }
 
 /// Heartbeats keep a lease alive past its TTL and carry progress.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn heartbeats_extend_the_lease_and_report_progress() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
+async fn heartbeats_extend_the_lease_and_report_progress(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
     let id = submit(
         &srv.job,
         SubmitRequest {
@@ -378,10 +385,8 @@ async fn heartbeats_extend_the_lease_and_report_progress() {
     complete(&srv.worker, &leased, b"ok").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lease_long_poll_is_woken_by_a_submit() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
+async fn lease_long_poll_is_woken_by_a_submit(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
     let mut worker = srv.worker();
     let polling = tokio::spawn(async move {
         let start = Instant::now();
@@ -417,10 +422,8 @@ async fn lease_long_poll_is_woken_by_a_submit() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lease_long_poll_is_woken_when_a_delayed_job_becomes_due() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
+async fn lease_long_poll_is_woken_when_a_delayed_job_becomes_due(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
     let id = submit(&srv.job, delayed("lpd", "x", Duration::from_millis(700))).await;
     let start = Instant::now();
     let jobs = srv
@@ -446,10 +449,8 @@ async fn lease_long_poll_is_woken_when_a_delayed_job_becomes_due() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lease_long_poll_without_work_returns_empty_after_its_wait() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
+async fn lease_long_poll_without_work_returns_empty_after_its_wait(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
     submit(&srv.job, submit_request("elsewhere", "k", "x")).await;
     let start = Instant::now();
     let jobs = srv
@@ -472,10 +473,8 @@ async fn lease_long_poll_without_work_returns_empty_after_its_wait() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lease_returns_up_to_max_jobs_in_one_call() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
+async fn lease_returns_up_to_max_jobs_in_one_call(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
     let mut ids = Vec::new();
     for i in 0..7 {
         ids.push(submit(&srv.job, submit_request("batch", "k", format!("{i}"))).await);
@@ -515,10 +514,8 @@ async fn lease_returns_up_to_max_jobs_in_one_call() {
     assert_eq!(lease(&srv.worker, "batch", 0).await.len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lease_takes_from_queues_in_order_of_preference() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
+async fn lease_takes_from_queues_in_order_of_preference(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
     let low = submit(&srv.job, submit_request("low", "k", "x")).await;
     let high = submit(&srv.job, submit_request("high", "k", "x")).await;
     let leased = srv
@@ -540,12 +537,11 @@ async fn lease_takes_from_queues_in_order_of_preference() {
     assert_eq!(leased[0].job_id, low);
 }
 
-/// A finished job with a retention of 1s is gone after it: NOT_FOUND, and
-/// none of its keys are left in Redis.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn finished_jobs_disappear_after_their_retention() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
+/// A finished job with a retention of 1s is gone after it: NOT_FOUND, its
+/// history too, out of the queue's counts and dead letters, and (on Redis)
+/// none of its keys are left.
+async fn finished_jobs_disappear_after_their_retention(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
     let short = |payload: &str| SubmitRequest {
         retention: Some(pb_duration(SEC)),
         max_attempts: 1,
@@ -555,7 +551,6 @@ async fn finished_jobs_disappear_after_their_retention() {
     let failed = submit(&srv.job, short("b")).await;
     let cancelled = submit(&srv.job, short("c")).await;
     let kept = submit(&srv.job, submit_request("ret", "k", "kept")).await;
-    let mut conn = redis.conn().await;
 
     for leased in lease(&srv.worker, "ret", 2).await {
         if leased.job_id == succeeded {
@@ -584,16 +579,54 @@ async fn finished_jobs_disappear_after_their_retention() {
         (retention - 1.0).abs() < 0.5,
         "expires_at - finished_at = {retention}s"
     );
+    let stats = |queue: &'static str| {
+        let mut admin = srv.admin();
+        async move {
+            admin
+                .get_queue_stats(GetQueueStatsRequest {
+                    queue: queue.into(),
+                })
+                .await
+                .expect("stats")
+                .into_inner()
+        }
+    };
+    let dead_letters = || {
+        let mut admin = srv.admin();
+        async move {
+            admin
+                .list_failed(ListFailedRequest {
+                    queue: "ret".into(),
+                    page_size: 100,
+                    page_token: String::new(),
+                })
+                .await
+                .expect("list_failed")
+                .into_inner()
+                .jobs
+                .into_iter()
+                .map(|j| j.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let s = stats("ret").await;
+    assert_eq!(
+        (s.queued, s.finished, s.failed),
+        (1, 3, 1),
+        "before the retention: {s:?}"
+    );
+    assert_eq!(dead_letters().await, std::slice::from_ref(&failed));
     let ulids: Vec<String> = [&succeeded, &failed, &cancelled]
         .iter()
         .map(|id| split_job_id(id).1.to_owned())
         .collect();
-    let before = Snapshot::take(&mut conn).await;
-    for ulid in &ulids {
-        assert!(
-            !before.mentioning(ulid).is_empty(),
-            "job {ulid} is in Redis"
-        );
+    if let Some(before) = backend.redis_snapshot().await {
+        for ulid in &ulids {
+            assert!(
+                !before.mentioning(ulid).is_empty(),
+                "job {ulid} is in Redis"
+            );
+        }
     }
 
     for id in [&succeeded, &failed, &cancelled] {
@@ -608,44 +641,51 @@ async fn finished_jobs_disappear_after_their_retention() {
             },
         )
         .await;
+        let watch = srv
+            .job()
+            .watch_progress(WatchProgressRequest {
+                job_id: id.to_string(),
+                after_seq: 0,
+            })
+            .await;
+        let first = match watch {
+            Ok(stream) => stream.into_inner().message().await.map(|m| m.is_some()),
+            Err(s) => Err(s),
+        };
+        expect_code(first, Code::NotFound, "watching a forgotten job");
     }
-    eventually(
-        "every trace of the jobs to leave Redis",
-        Duration::from_secs(5),
-        || {
-            let mut conn = conn.clone();
-            let ulids = ulids.clone();
-            async move {
-                let snapshot = Snapshot::take(&mut conn).await;
-                let left: Vec<_> = ulids.iter().flat_map(|u| snapshot.mentioning(u)).collect();
-                if left.is_empty() { Ok(()) } else { Err(left) }
-            }
-        },
-    )
-    .await;
+    if let Some(redis) = backend.redis() {
+        let conn = redis.conn().await;
+        eventually(
+            "every trace of the jobs to leave Redis",
+            Duration::from_secs(5),
+            || {
+                let mut conn = conn.clone();
+                let ulids = ulids.clone();
+                async move {
+                    let snapshot = Snapshot::take(&mut conn).await;
+                    let left: Vec<_> = ulids.iter().flat_map(|u| snapshot.mentioning(u)).collect();
+                    if left.is_empty() { Ok(()) } else { Err(left) }
+                }
+            },
+        )
+        .await;
+    }
     assert_eq!(get_job(&srv.job, &kept).await.state(), JobState::Queued);
-    let stats = srv
-        .admin()
-        .get_queue_stats(GetQueueStatsRequest {
-            queue: "ret".into(),
-        })
-        .await
-        .expect("stats")
-        .into_inner();
+    let s = stats("ret").await;
     assert_eq!(
-        (stats.queued, stats.finished, stats.failed),
+        (s.queued, s.finished, s.failed),
         (1, 0, 0),
-        "{stats:?}"
+        "after the retention: {s:?}"
     );
+    assert!(dead_letters().await.is_empty(), "no longer a dead letter");
 }
 
 /// WatchProgress delivers every event once, in order, with strictly
 /// increasing sequence numbers, resumes after `after_seq`, and ends after the
 /// terminal event.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_progress_streams_every_event_in_order_and_ends_after_terminal() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
+async fn watch_progress_streams_every_event_in_order_and_ends_after_terminal(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
     let id = submit(
         &srv.job,
         SubmitRequest {
@@ -761,10 +801,8 @@ async fn watch_progress_streams_every_event_in_order_and_ends_after_terminal() {
     assert_eq!(replayed, expected);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queue_stats_count_jobs_by_state() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
+async fn queue_stats_count_jobs_by_state(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
     for i in 0..3 {
         submit(&srv.job, submit_request("stats", "k", format!("{i}"))).await;
     }
@@ -796,10 +834,8 @@ async fn queue_stats_count_jobs_by_state() {
 /// GetStatus reports what was submitted and what happened: every field of
 /// the request, the attempt, the worker, progress, result and timestamps in
 /// order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn get_status_reports_the_whole_job() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
+async fn get_status_reports_the_whole_job(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
     let request = SubmitRequest {
         priority: 7,
         max_attempts: 4,
@@ -923,10 +959,8 @@ async fn get_status_reports_the_whole_job() {
 
 /// A job's execution timeout ends its attempt at the deadline even while
 /// its worker keeps heartbeating.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn execution_timeout_ends_an_attempt_even_while_heartbeating() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
+async fn execution_timeout_ends_an_attempt_even_while_heartbeating(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
     let timeout = Duration::from_millis(1500);
     let id = submit(
         &srv.job,
@@ -938,7 +972,7 @@ async fn execution_timeout_ends_an_attempt_even_while_heartbeating() {
         },
     )
     .await;
-    let before = redis.time().await;
+    let before = backend.time().await;
     let leased = lease_one(&srv.worker, "timeout").await;
     let started = Instant::now();
     let deadline = system_time(
@@ -948,7 +982,8 @@ async fn execution_timeout_ends_an_attempt_even_while_heartbeating() {
             .expect("a job with a timeout has a deadline"),
     );
     let off = secs_between(deadline, before + timeout);
-    // (Redis TIME has microseconds, job times milliseconds.)
+    // (Redis TIME has microseconds, job times milliseconds.) The store's
+    // clock is Redis's, or this process's for the embedded store.
     assert!(
         (-0.01..1.0).contains(&off),
         "deadline is lease time + timeout ({off:.3}s off)"
@@ -986,10 +1021,8 @@ async fn execution_timeout_ends_an_attempt_even_while_heartbeating() {
 }
 
 /// A job waiting out a retry backoff is cancelled at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_of_a_job_waiting_for_its_retry_is_immediate_and_final() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
+async fn cancel_of_a_job_waiting_for_its_retry_is_immediate_and_final(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
     let id = submit(
         &srv.job,
         SubmitRequest {

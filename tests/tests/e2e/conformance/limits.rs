@@ -1,5 +1,7 @@
 //! Every limit is enforced with the right code, names the field, and writes
-//! nothing; requests right at a limit are accepted.
+//! nothing (on Redis: no key changes; on either store: the jobs and queues
+//! the test knows read the same through the API); requests right at a limit
+//! are accepted.
 
 use std::time::Duration;
 
@@ -9,6 +11,15 @@ use jobctl_proto::v1::{
 };
 use jobctl_tests::*;
 use tonic::Code;
+
+conformance! {
+    every_submit_limit_is_refused_with_the_right_code_and_nothing_written;
+    requests_right_at_the_limits_are_accepted;
+    oversized_results_and_checkpoints_are_refused_and_nothing_written;
+    bad_lease_requests_are_refused_and_batches_are_capped;
+    durations_and_timestamps_outside_protobuf_ranges_are_invalid_argument;
+    payloads_far_over_the_limit_are_resource_exhausted_too;
+}
 
 /// Small limits, so requests over them are cheap to make.
 const LIMITS: &[&str] = &[
@@ -327,18 +338,15 @@ fn refused_submits() -> Vec<(&'static str, SubmitRequest, Code, &'static str)> {
     ]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_submit_limit_is_refused_with_the_right_code_and_nothing_written() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, LIMITS).await;
-    let mut conn = redis.conn().await;
+async fn every_submit_limit_is_refused_with_the_right_code_and_nothing_written(backend: Backend) {
+    let srv = TestServer::start_on(&backend, LIMITS).await;
     // One job already there, so "nothing written" covers existing data too.
-    submit(&srv.job, base()).await;
+    let existing = submit(&srv.job, base()).await;
     let mut failures = Vec::new();
     for (what, request, code, field) in refused_submits() {
-        let before = Snapshot::take(&mut conn).await;
+        let before = StateSnapshot::take(&backend, &srv, &[&existing], &["q"]).await;
         let result = srv.job().submit(request).await;
-        let after = Snapshot::take(&mut conn).await;
+        let after = StateSnapshot::take(&backend, &srv, &[&existing], &["q"]).await;
         match result {
             Ok(r) => failures.push(format!("{what}: accepted as {}", r.into_inner().job_id)),
             Err(status) => {
@@ -353,7 +361,7 @@ async fn every_submit_limit_is_refused_with_the_right_code_and_nothing_written()
         }
         let diff = before.diff(&after);
         if !diff.is_empty() {
-            failures.push(format!("{what}: Redis changed:\n{diff}"));
+            failures.push(format!("{what}: the store changed:\n{diff}"));
         }
     }
     assert!(
@@ -366,10 +374,8 @@ async fn every_submit_limit_is_refused_with_the_right_code_and_nothing_written()
     assert_no_panics();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_right_at_the_limits_are_accepted() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, LIMITS).await;
+async fn requests_right_at_the_limits_are_accepted(backend: Backend) {
+    let srv = TestServer::start_on(&backend, LIMITS).await;
     let queue = "Az09_.-Az09_";
     assert_eq!(queue.len(), 12);
     let id = submit(
@@ -411,15 +417,12 @@ async fn requests_right_at_the_limits_are_accepted() {
 
 /// Results and checkpoints over their limits are refused on every call
 /// that carries them, and the job and its lease stay as they were.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_results_and_checkpoints_are_refused_and_nothing_written() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, LIMITS).await;
-    let mut conn = redis.conn().await;
+async fn oversized_results_and_checkpoints_are_refused_and_nothing_written(backend: Backend) {
+    let srv = TestServer::start_on(&backend, LIMITS).await;
     let id = submit(&srv.job, base()).await;
     let leased = lease_one(&srv.worker, "q").await;
     let mut worker = srv.worker();
-    let before = Snapshot::take(&mut conn).await;
+    let before = StateSnapshot::take(&backend, &srv, &[&id], &["q"]).await;
 
     let s = expect_code(
         worker.complete(complete_request(&leased, &[0; 49])).await,
@@ -460,7 +463,7 @@ async fn oversized_results_and_checkpoints_are_refused_and_nothing_written() {
         "release with a checkpoint over the limit",
     );
     before.assert_unchanged(
-        &Snapshot::take(&mut conn).await,
+        &StateSnapshot::take(&backend, &srv, &[&id], &["q"]).await,
         "oversized results and checkpoints",
     );
 
@@ -469,15 +472,14 @@ async fn oversized_results_and_checkpoints_are_refused_and_nothing_written() {
     assert_eq!(get_job(&srv.job, &id).await.result, b"small");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_lease_requests_are_refused_and_batches_are_capped() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, LIMITS).await;
-    let mut conn = redis.conn().await;
+async fn bad_lease_requests_are_refused_and_batches_are_capped(backend: Backend) {
+    let srv = TestServer::start_on(&backend, LIMITS).await;
+    let mut ids = Vec::new();
     for i in 0..8 {
-        submit(&srv.job, submit_request("q", "k", format!("{i}"))).await;
+        ids.push(submit(&srv.job, submit_request("q", "k", format!("{i}"))).await);
     }
-    let before = Snapshot::take(&mut conn).await;
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let before = StateSnapshot::take(&backend, &srv, &ids, &["q"]).await;
     let request = |queues: Vec<String>, wait: Option<prost_types::Duration>| LeaseRequest {
         worker_id: "w".into(),
         queues,
@@ -504,7 +506,10 @@ async fn bad_lease_requests_are_refused_and_batches_are_capped() {
             "{what}: the error names the field: {s:?}"
         );
     }
-    before.assert_unchanged(&Snapshot::take(&mut conn).await, "refused leases");
+    before.assert_unchanged(
+        &StateSnapshot::take(&backend, &srv, &ids, &["q"]).await,
+        "refused leases",
+    );
 
     // Asking for more than --max-lease-batch is refused or capped, never
     // exceeded.
@@ -530,11 +535,8 @@ async fn bad_lease_requests_are_refused_and_batches_are_capped() {
 /// `google.protobuf.Duration` and `Timestamp` values outside the ranges the
 /// protobuf spec allows (nanos beyond +/-999,999,999, or signs that differ
 /// between seconds and nanos) are bad input, not something to normalise.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn durations_and_timestamps_outside_protobuf_ranges_are_invalid_argument() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, LIMITS).await;
-    let mut conn = redis.conn().await;
+async fn durations_and_timestamps_outside_protobuf_ranges_are_invalid_argument(backend: Backend) {
+    let srv = TestServer::start_on(&backend, LIMITS).await;
     let d = |seconds, nanos| prost_types::Duration { seconds, nanos };
     let cases = vec![
         (
@@ -602,9 +604,9 @@ async fn durations_and_timestamps_outside_protobuf_ranges_are_invalid_argument()
     ];
     let mut failures = Vec::new();
     for (what, request, field) in cases {
-        let before = Snapshot::take(&mut conn).await;
+        let before = StateSnapshot::take(&backend, &srv, &[], &["q"]).await;
         let result = srv.job().submit(request).await;
-        let after = Snapshot::take(&mut conn).await;
+        let after = StateSnapshot::take(&backend, &srv, &[], &["q"]).await;
         match result {
             Ok(r) => failures.push(format!("{what}: accepted as {}", r.into_inner().job_id)),
             Err(s) if s.code() != Code::InvalidArgument => {
@@ -617,7 +619,7 @@ async fn durations_and_timestamps_outside_protobuf_ranges_are_invalid_argument()
         }
         let diff = before.diff(&after);
         if !diff.is_empty() {
-            failures.push(format!("{what}: Redis changed:\n{diff}"));
+            failures.push(format!("{what}: the store changed:\n{diff}"));
         }
     }
     assert!(
@@ -631,12 +633,9 @@ async fn durations_and_timestamps_outside_protobuf_ranges_are_invalid_argument()
 /// A payload over the limit is RESOURCE_EXHAUSTED however far over it is,
 /// including messages past the transport's own size limit (which is also
 /// gRPC's standard code for an oversized message), and nothing is written.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payloads_far_over_the_limit_are_resource_exhausted_too() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await; // default limit: 1 MiB
-    let mut conn = redis.conn().await;
-    let before = Snapshot::take(&mut conn).await;
+async fn payloads_far_over_the_limit_are_resource_exhausted_too(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await; // default limit: 1 MiB
+    let before = StateSnapshot::take(&backend, &srv, &[], &["q"]).await;
     let mut failures = Vec::new();
     for size in [(1 << 20) + 1, 2 << 20, 8 << 20] {
         match srv
@@ -656,7 +655,10 @@ async fn payloads_far_over_the_limit_are_resource_exhausted_too() {
             Err(_) => {}
         }
     }
-    before.assert_unchanged(&Snapshot::take(&mut conn).await, "oversized payloads");
+    before.assert_unchanged(
+        &StateSnapshot::take(&backend, &srv, &[], &["q"]).await,
+        "oversized payloads",
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     submit(&srv.job, submit_request("q", "k", vec![0u8; 1 << 20])).await;
 }

@@ -16,7 +16,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tonic::{Code, Status};
 
-const QUEUE: &str = "model";
+conformance! {
+    random_operation_sequences_keep_every_invariant;
+}
 
 /// An answer in a line: the message, or the code and message of the error.
 fn brief<T: std::fmt::Debug>(r: &Result<tonic::Response<T>, Status>) -> String {
@@ -83,8 +85,11 @@ struct ModelJob {
     checkpoint: Option<Option<Vec<u8>>>,
 }
 
-struct Run {
-    srv: TestServer,
+struct Run<'a> {
+    srv: &'a TestServer,
+    /// The queue of this run (one per seed, so runs on one server are
+    /// independent).
+    queue: String,
     rng: StdRng,
     jobs: Vec<ModelJob>,
     tokens_seen: HashSet<(String, String)>,
@@ -92,7 +97,7 @@ struct Run {
     step: usize,
 }
 
-impl Run {
+impl Run<'_> {
     fn log(&mut self, line: String) {
         let _ = writeln!(self.trace, "{:4} {line}", self.step);
     }
@@ -132,7 +137,7 @@ impl Run {
                     Duration::from_millis(10),
                     1.0,
                 )),
-                ..submit_request(QUEUE, "k", format!("{}", self.jobs.len()))
+                ..submit_request(&self.queue, "k", format!("{}", self.jobs.len()))
             },
         )
         .await;
@@ -157,7 +162,7 @@ impl Run {
             .iter()
             .filter(|j| j.state == State::Queued)
             .count();
-        let leased = lease(&self.srv.worker, QUEUE, max).await;
+        let leased = lease(&self.srv.worker, &self.queue, max).await;
         self.log(format!(
             "lease max={max} -> {:?}",
             leased.iter().map(|l| &l.job_id).collect::<Vec<_>>()
@@ -520,7 +525,7 @@ impl Run {
             .srv
             .admin()
             .list_failed(ListFailedRequest {
-                queue: QUEUE.into(),
+                queue: self.queue.clone(),
                 page_size: 1000,
                 page_token: String::new(),
             })
@@ -544,7 +549,7 @@ impl Run {
             .srv
             .admin()
             .get_queue_stats(GetQueueStatsRequest {
-                queue: QUEUE.into(),
+                queue: self.queue.clone(),
             })
             .await
             .expect("stats")
@@ -571,11 +576,10 @@ impl Run {
     }
 }
 
-async fn run_sequence(seed: u64, steps: usize) {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
+async fn run_sequence(srv: &TestServer, seed: u64, steps: usize) {
     let mut run = Run {
         srv,
+        queue: format!("model-{seed}"),
         rng: StdRng::seed_from_u64(seed),
         jobs: Vec::new(),
         tokens_seen: HashSet::new(),
@@ -608,13 +612,13 @@ async fn run_sequence(seed: u64, steps: usize) {
     assert_no_panics();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn random_operation_sequences_keep_every_invariant() {
+async fn random_operation_sequences_keep_every_invariant(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
     let seeds: Vec<u64> = match std::env::var("JOBCTL_TEST_SEED") {
         Ok(seed) => vec![seed.parse().expect("JOBCTL_TEST_SEED is a number")],
         Err(_) => vec![1, 2, 3, 4],
     };
     for seed in seeds {
-        run_sequence(seed, 400).await;
+        run_sequence(&srv, seed, 400).await;
     }
 }

@@ -15,6 +15,12 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::{Code, Status};
 
+conformance! {
+    malformed_and_unknown_job_ids_are_not_found_and_write_nothing;
+    garbage_frames_are_refused_without_a_panic_and_the_server_keeps_serving;
+    huge_strings_are_handled_without_a_panic;
+}
+
 const ULID: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
 
 /// Ids that are malformed or name no job.
@@ -45,10 +51,8 @@ fn acceptable(id: &str, code: Code) -> bool {
     code == Code::NotFound || ((id.is_empty() || id.len() > 1000) && code == Code::InvalidArgument)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_and_unknown_job_ids_are_not_found_and_write_nothing() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
+async fn malformed_and_unknown_job_ids_are_not_found_and_write_nothing(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
     // A real job, so its id can be bent into wrong ones.
     let real = submit(&srv.job, submit_request("q", "k", "x")).await;
     let (_, real_ulid) = split_job_id(&real);
@@ -58,8 +62,10 @@ async fn malformed_and_unknown_job_ids_are_not_found_and_write_nothing() {
     ids.push(format!("other:{real_ulid}"));
     ids.push(format!("Q:{real_ulid}"));
 
-    let mut conn = redis.conn().await;
-    let before = Snapshot::take(&mut conn).await;
+    // Nothing written: no key on Redis, and on either store the real job and
+    // the queues the ids name are as they were.
+    let queues = ["q", "other", "Q"];
+    let before = StateSnapshot::take(&backend, &srv, &[&real], &queues).await;
     let mut problems = Vec::new();
     for id in &ids {
         let short: String = id.chars().take(40).collect();
@@ -150,10 +156,10 @@ async fn malformed_and_unknown_job_ids_are_not_found_and_write_nothing() {
             }
         }
     }
-    let after = Snapshot::take(&mut conn).await;
+    let after = StateSnapshot::take(&backend, &srv, &[&real], &queues).await;
     let diff = before.diff(&after);
     if !diff.is_empty() {
-        problems.push(format!("Redis changed:\n{diff}"));
+        problems.push(format!("the store changed:\n{diff}"));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     assert_eq!(get_job(&srv.job, &real).await.payload, b"x");
@@ -298,10 +304,8 @@ fn invalid_protobuf() -> Vec<(&'static str, Vec<u8>)> {
 /// Garbage in gRPC frames (random bytes, invalid protobuf, unknown methods)
 /// and garbage on the socket: refused without a panic, and the server still
 /// serves.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_frames_are_refused_without_a_panic_and_the_server_keeps_serving() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &["--max-lease-wait", "1s"]).await;
+async fn garbage_frames_are_refused_without_a_panic_and_the_server_keeps_serving(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &["--max-lease-wait", "1s"]).await;
     let mut problems = Vec::new();
 
     for (method, streaming) in METHODS {
@@ -388,10 +392,8 @@ async fn garbage_frames_are_refused_without_a_panic_and_the_server_keeps_serving
 
 /// Huge strings where the contract sets no explicit limit: accepted or
 /// refused cleanly, never a crash.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn huge_strings_are_handled_without_a_panic() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
+async fn huge_strings_are_handled_without_a_panic(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
     let huge = "h".repeat(3 << 20);
     let mut outcomes = Vec::new();
     let ok_or = |r: Result<(), Status>| match r {

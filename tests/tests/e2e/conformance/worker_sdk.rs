@@ -9,6 +9,11 @@ use jobctl_tests::*;
 use jobctl_worker::{HandlerError, JobContext, Worker};
 use tokio::sync::oneshot;
 
+conformance! {
+    sdk_worker_completes_retries_and_dead_letters_jobs, worker_threads = 4;
+    sdk_worker_shutdown_hands_running_jobs_back, worker_threads = 4;
+}
+
 /// Runs `worker` until the returned sender fires (or is dropped).
 fn run(
     worker: Worker,
@@ -23,10 +28,8 @@ fn run(
     (stop_tx, task)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sdk_worker_completes_retries_and_dead_letters_jobs() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
+async fn sdk_worker_completes_retries_and_dead_letters_jobs(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
     let flaky_calls = Arc::new(AtomicU32::new(0));
     let calls = flaky_calls.clone();
     let worker = Worker::builder(srv.endpoint.clone())
@@ -113,10 +116,8 @@ async fn sdk_worker_completes_retries_and_dead_letters_jobs() {
 
 /// A worker shutting down hands its running jobs back (Release) once the
 /// grace period is over, so another worker can take them at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sdk_worker_shutdown_hands_running_jobs_back() {
-    let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &[]).await;
+async fn sdk_worker_shutdown_hands_running_jobs_back(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
     let worker = Worker::builder(srv.endpoint.clone())
         .worker_id("leaving")
         .queues(["bye"])
