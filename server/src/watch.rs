@@ -107,11 +107,15 @@ impl Feed {
 
 /// Is this the event after which a job's stream ends?
 pub fn is_terminal(event: &v1::JobEvent) -> bool {
-    event.kind() == EventKind::StateChanged
-        && matches!(
-            event.state(),
-            JobState::Succeeded | JobState::Failed | JobState::Cancelled
-        )
+    event.kind() == EventKind::StateChanged && is_terminal_state(event.state())
+}
+
+/// Does a job in this state never change again (short of a re-queue)?
+pub fn is_terminal_state(state: JobState) -> bool {
+    matches!(
+        state,
+        JobState::Succeeded | JobState::Failed | JobState::Cancelled
+    )
 }
 
 /// Appends to a backlog; for a slow reader (`coalesce`), a run of progress
@@ -137,11 +141,18 @@ pub struct Watcher {
 
 type Out = mpsc::Sender<Result<v1::WatchProgressResponse, Status>>;
 
+/// How a watcher's stream ends when it does not end with the terminal event:
+/// the status the client gets after every event already in its stream.
+pub type Ending = Option<Status>;
+
 impl Watcher {
     /// Streams the job's events into `out` until the terminal event, the
     /// client leaving, a stuck reader, or shutdown. `first` holds the events
     /// already read (so a bad request fails the call, not the stream).
-    pub async fn run(self, first: Vec<v1::JobEvent>, out: Out) {
+    ///
+    /// Returns the status that must follow what `out` holds (a stuck reader
+    /// has no room left in it for one), or `None` when the stream is done.
+    pub async fn run(self, first: Vec<v1::JobEvent>, out: Out) -> Ending {
         let feed = self.signals.feed(&self.ns, &self.id.to_string());
         let mut version = feed.version().subscribe();
         let mut cursor = self.after;
@@ -149,6 +160,10 @@ impl Watcher {
         backlog.extend(first);
         let mut fetched_to = backlog.back().map_or(self.after, |e| e.seq);
         let mut need_read = backlog.is_empty();
+        // When the reader must have taken an event by, or be cut off: set
+        // when the stream is first found full, cleared by every delivery
+        // (new events arriving do not move it).
+        let mut stuck_at: Option<tokio::time::Instant> = None;
         loop {
             if need_read || backlog.len() < PAGE / 2 {
                 match feed
@@ -163,61 +178,57 @@ impl Watcher {
                             push(&mut backlog, event, slow);
                         }
                     }
-                    Err(error) => {
-                        let _ = out.send(Err(error.into())).await;
-                        return;
-                    }
+                    Err(error) => return Some(error.into()),
                 }
                 need_read = false;
             }
             if backlog.front().is_some() {
                 // Wait for room in the stream; meanwhile keep up with new
                 // events (so progress coalesces) and give up on a stuck reader.
+                let deadline =
+                    *stuck_at.get_or_insert_with(|| tokio::time::Instant::now() + self.stuck_after);
                 tokio::select! {
                     permit = out.reserve() => {
-                        let Ok(permit) = permit else { return };
+                        let Ok(permit) = permit else { return None };
+                        stuck_at = None;
                         let Some(event) = backlog.pop_front() else { continue };
                         cursor = event.seq;
                         let end = is_terminal(&event);
                         permit.send(Ok(v1::WatchProgressResponse { event: Some(event) }));
                         if end {
-                            return;
+                            return None;
                         }
                     }
                     changed = version.changed() => {
-                        if changed.is_err() { return; }
+                        if changed.is_err() { return None; }
                         need_read = true;
                     }
-                    () = tokio::time::sleep(self.stuck_after) => {
+                    () = tokio::time::sleep_until(deadline) => {
                         tracing::info!(job_id = %self.id, cursor, "cutting off a stuck watcher");
-                        // The stream is full; this error follows what it holds.
-                        let status = Status::resource_exhausted(format!(
+                        return Some(Status::resource_exhausted(format!(
                             "the watcher fell too far behind; resume with after_seq={cursor}"
-                        ));
-                        let _ = tokio::time::timeout(self.stuck_after, out.send(Err(status))).await;
-                        return;
+                        )));
                     }
-                    () = self.shutdown.cancelled() => return self.bye(&out, cursor).await,
+                    () = self.shutdown.cancelled() => return Some(bye(cursor)),
                 }
             } else {
                 tokio::select! {
                     changed = version.changed() => {
-                        if changed.is_err() { return; }
+                        if changed.is_err() { return None; }
                         need_read = true;
                     }
-                    () = out.closed() => return,
-                    () = self.shutdown.cancelled() => return self.bye(&out, cursor).await,
+                    () = out.closed() => return None,
+                    () = self.shutdown.cancelled() => return Some(bye(cursor)),
                 }
             }
         }
     }
+}
 
-    async fn bye(&self, out: &Out, cursor: u64) {
-        let status = Status::unavailable(format!(
-            "the server is shutting down; resume with after_seq={cursor}"
-        ));
-        let _ = tokio::time::timeout(Duration::from_secs(1), out.send(Err(status))).await;
-    }
+fn bye(cursor: u64) -> Status {
+    Status::unavailable(format!(
+        "the server is shutting down; resume with after_seq={cursor}"
+    ))
 }
 
 #[cfg(test)]

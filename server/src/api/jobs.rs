@@ -9,12 +9,13 @@ use futures::Stream;
 use jobctl_proto::v1::{self, job_service_server::JobService};
 use tonic::{Request, Response, Status};
 
-use tokio::sync::mpsc;
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Shared, job_id, namespace};
 use crate::metrics;
-use crate::watch::{STREAM_BUFFER, Watcher};
+use crate::watch::{STREAM_BUFFER, Watcher, is_terminal_state};
 
 /// Metadata kept with a job so the worker's span continues the submitter's trace.
 const TRACE_HEADERS: &[&str] = &["traceparent", "tracestate", "x-request-id"];
@@ -118,6 +119,14 @@ impl JobService for JobApi {
         let first = shared
             .metrics
             .store(shared.store.events(ns, &id, req.after_seq, 256).await)?;
+        if first.is_empty() {
+            // Resumed after the end of a finished job: nothing is left to
+            // deliver, and nothing will come.
+            let job = shared.metrics.store(shared.store.get(ns, &id).await)?;
+            if is_terminal_state(job.state()) && job.last_seq <= req.after_seq {
+                return Ok(Response::new(Box::pin(tokio_stream::empty())));
+            }
+        }
         let watcher = Watcher {
             store: shared.store.clone(),
             signals: shared.signals.clone(),
@@ -128,13 +137,22 @@ impl JobService for JobApi {
             shutdown: shared.shutdown.clone(),
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        // A stream that does not end with the terminal event ends with a
+        // status, after every event it already holds.
+        let (ending_tx, ending_rx) = oneshot::channel();
         let metrics = shared.metrics.clone();
         tokio::spawn(async move {
             metrics.watchers.inc();
-            watcher.run(first, tx).await;
+            if let Some(status) = watcher.run(first, tx).await {
+                let _ = ending_tx.send(status);
+            }
             metrics.watchers.dec();
             drop(feed);
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let ending =
+            futures::stream::once(ending_rx).filter_map(|r| async move { r.ok().map(Err) });
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(rx).chain(ending),
+        )))
     }
 }
