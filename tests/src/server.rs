@@ -32,6 +32,8 @@ pub const DEFAULT_FLAGS: &[(&str, &str)] = &[
 pub struct TestServer {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// Its HTTP port: `/metrics`, `/healthz`, `/readyz`.
+    pub http_addr: SocketAddr,
     /// `http://<addr>`.
     pub endpoint: String,
     /// A client of `jobctl.v1.JobService`.
@@ -77,10 +79,19 @@ impl TestServer {
             .await
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let http_addr = http_listener.local_addr().expect("local address");
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(jobctl_server::serve(config, listener, async move {
-            let _ = shutdown_rx.await;
-        }));
+        let task = tokio::spawn(jobctl_server::serve_with(
+            config,
+            listener,
+            Some(http_listener),
+            async move {
+                let _ = shutdown_rx.await;
+            },
+        ));
         let endpoint = format!("http://{addr}");
         let channel = Endpoint::from_shared(endpoint.clone())
             .expect("endpoint")
@@ -88,6 +99,7 @@ impl TestServer {
             .connect_lazy();
         let mut server = TestServer {
             addr,
+            http_addr,
             endpoint,
             job: JobServiceClient::new(channel.clone()),
             worker: WorkerServiceClient::new(channel.clone()),
@@ -98,6 +110,18 @@ impl TestServer {
         };
         server.wait_ready().await;
         server
+    }
+
+    /// The value of an unlabelled Prometheus metric from `/metrics` (its
+    /// full name, e.g. `jobctl_watchers`).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let page = http_get(self.http_addr, "/metrics").await;
+        page.lines()
+            .find_map(|line| {
+                let (key, value) = line.split_once(' ')?;
+                (key == name).then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{page}"))
     }
 
     /// A channel to the server, for other clients.
@@ -250,4 +274,27 @@ fn flag_given(flags: &[&str], flag: &str) -> bool {
     flags
         .iter()
         .any(|f| *f == flag || f.starts_with(&format!("{flag}=")))
+}
+
+/// The body of a plain HTTP/1.1 GET (no client library needed for a scrape).
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the http port");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read response");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an http response: {response}"));
+    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    body.to_owned()
 }

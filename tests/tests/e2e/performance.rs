@@ -96,3 +96,106 @@ async fn waiting_watchers_and_long_polls_cost_redis_no_connections_and_few_comma
     }
     drop(watchers);
 }
+
+/// A thousand watchers of one job, over ten client connections: every one of
+/// them gets the whole history in order and ends with the terminal event,
+/// while the server's Redis connections stay what they were with one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousand_watchers_of_one_job_get_every_event_over_the_same_redis_connections() {
+    const CONNECTIONS: usize = 10;
+    const PER_CONNECTION: usize = 100;
+    let redis = RedisServer::start().await;
+    let srv = TestServer::start(&redis, &["--maintenance-interval", "1s"]).await;
+    let id = submit(&srv.job, submit_request("crowd", "k", "x")).await;
+    let leased = lease_one(&srv.worker, "crowd").await;
+    // One watcher first: whatever connections a watch needs are open now.
+    let mut first = srv
+        .job()
+        .watch_progress(WatchProgressRequest {
+            job_id: id.clone(),
+            after_seq: 0,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    first.message().await.expect("watch").expect("first event");
+    let clients_with_one = info_field(&redis, "clients", "connected_clients").await;
+
+    let mut readers = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let channel = tonic::transport::Endpoint::from_shared(srv.endpoint.clone())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        for _ in 0..PER_CONNECTION {
+            let mut client =
+                jobctl_proto::v1::job_service_client::JobServiceClient::new(channel.clone());
+            let id = id.clone();
+            readers.push(tokio::spawn(async move {
+                let mut stream = client
+                    .watch_progress(WatchProgressRequest {
+                        job_id: id,
+                        after_seq: 0,
+                    })
+                    .await
+                    .expect("watch")
+                    .into_inner();
+                let mut events = Vec::new();
+                while let Some(m) = stream.message().await.expect("watch stream") {
+                    events.push(m.event.expect("event"));
+                }
+                events
+            }));
+        }
+    }
+    let watching = CONNECTIONS * PER_CONNECTION + 1;
+    eventually(
+        "every watcher is attached",
+        Duration::from_secs(60),
+        || async {
+            let open = srv.metric("jobctl_watchers").await;
+            (open >= watching as f64).then_some(()).ok_or(open)
+        },
+    )
+    .await;
+    let clients_with_all = info_field(&redis, "clients", "connected_clients").await;
+
+    let mut worker = srv.worker();
+    for pct in 1..=20 {
+        worker
+            .heartbeat(jobctl_proto::v1::HeartbeatRequest {
+                progress: Some(jobctl_proto::v1::Progress {
+                    percent: f64::from(pct) * 5.0,
+                    current: 0,
+                    total: 0,
+                    message: String::new(),
+                }),
+                ..heartbeat_request(&leased)
+            })
+            .await
+            .expect("heartbeat");
+    }
+    complete(&srv.worker, &leased, b"done").await;
+    let last = get_job(&srv.job, &id).await.last_seq;
+    let expected: Vec<u64> = (1..=last).collect();
+    for reader in readers {
+        let events = tokio::time::timeout(Duration::from_secs(60), reader)
+            .await
+            .expect("every stream ends after the terminal event")
+            .expect("reader");
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, expected, "a watcher missed or repeated events");
+        assert_eq!(
+            events.last().map(|e| e.state()),
+            Some(jobctl_proto::v1::JobState::Succeeded)
+        );
+    }
+    assert!(
+        clients_with_all <= clients_with_one + 2,
+        "{} watchers opened {} more Redis connections",
+        watching,
+        clients_with_all - clients_with_one
+    );
+    drop(first);
+}

@@ -16,5 +16,6 @@ mod lifecycle;
 mod limits;
 mod malformed;
 mod model;
+mod watch;
 mod worker_processes;
 mod worker_sdk;
