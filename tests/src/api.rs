@@ -6,11 +6,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jobctl_proto::v1::job_service_client::JobServiceClient;
 use jobctl_proto::v1::worker_service_client::WorkerServiceClient;
 use jobctl_proto::v1::{
-    CompleteRequest, FailRequest, GetStatusRequest, HeartbeatRequest, Job, JobError, JobState,
-    LeaseRequest, LeasedJob, RetryPolicy, SubmitRequest,
+    CompleteRequest, FailRequest, GetStatusRequest, HeartbeatRequest, Job, JobError, JobEvent,
+    JobState, LeaseRequest, LeasedJob, RetryPolicy, SubmitRequest, WatchProgressRequest,
+    WatchProgressResponse,
 };
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::{Code, Status, Streaming};
 
 use crate::wait::eventually;
 
@@ -81,6 +82,39 @@ pub async fn submit(client: &JobClient, request: SubmitRequest) -> String {
         .unwrap_or_else(|s| panic!("submit failed: {s:?}"))
         .into_inner()
         .job_id
+}
+
+/// Opens `WatchProgress(job_id, after_seq)`, which must be accepted.
+pub async fn watch(
+    client: &JobClient,
+    job_id: &str,
+    after_seq: u64,
+) -> Streaming<WatchProgressResponse> {
+    client
+        .clone()
+        .watch_progress(WatchProgressRequest {
+            job_id: job_id.into(),
+            after_seq,
+        })
+        .await
+        .unwrap_or_else(|s| panic!("watch_progress({job_id}, {after_seq}) failed: {s:?}"))
+        .into_inner()
+}
+
+/// Reads a watch stream to its end, which must come (after the terminal
+/// event) within a minute and without an error.
+pub async fn read_to_end(mut stream: Streaming<WatchProgressResponse>) -> Vec<JobEvent> {
+    let mut events = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(60), stream.message())
+            .await
+            .expect("the watch ends after the terminal event")
+            .unwrap_or_else(|s| panic!("watch stream failed after {events:?}: {s:?}"));
+        match next {
+            Some(m) => events.push(m.event.expect("a response carries an event")),
+            None => return events,
+        }
+    }
 }
 
 /// A job's status, which must exist.

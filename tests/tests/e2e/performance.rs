@@ -129,23 +129,10 @@ async fn thousand_watchers_of_one_job_get_every_event_over_the_same_redis_connec
             .await
             .expect("connect");
         for _ in 0..PER_CONNECTION {
-            let mut client =
-                jobctl_proto::v1::job_service_client::JobServiceClient::new(channel.clone());
+            let client = JobClient::new(channel.clone());
             let id = id.clone();
             readers.push(tokio::spawn(async move {
-                let mut stream = client
-                    .watch_progress(WatchProgressRequest {
-                        job_id: id,
-                        after_seq: 0,
-                    })
-                    .await
-                    .expect("watch")
-                    .into_inner();
-                let mut events = Vec::new();
-                while let Some(m) = stream.message().await.expect("watch stream") {
-                    events.push(m.event.expect("event"));
-                }
-                events
+                read_to_end(watch(&client, &id, 0).await).await
             }));
         }
     }

@@ -19,17 +19,10 @@ conformance! {
     watch_of_unknown_job_is_not_found;
 }
 
-const WAIT: Duration = Duration::from_secs(10);
+const WAIT: Duration = Duration::from_secs(30);
 
 async fn open(srv: &TestServer, id: &str, after_seq: u64) -> Streaming<WatchProgressResponse> {
-    srv.job()
-        .watch_progress(WatchProgressRequest {
-            job_id: id.to_owned(),
-            after_seq,
-        })
-        .await
-        .expect("watch")
-        .into_inner()
+    watch(&srv.job, id, after_seq).await
 }
 
 /// A watch from the start on a connection of its own with a small HTTP/2
@@ -50,21 +43,6 @@ async fn open_narrow(srv: &TestServer, id: &str) -> Streaming<WatchProgressRespo
         .await
         .expect("watch")
         .into_inner()
-}
-
-/// Reads a stream to its end (the terminal event), failing on an error.
-async fn read_to_end(mut stream: Streaming<WatchProgressResponse>) -> Vec<JobEvent> {
-    let mut events = Vec::new();
-    loop {
-        let next = tokio::time::timeout(WAIT, stream.message())
-            .await
-            .expect("the watch ends after the terminal event")
-            .expect("watch stream");
-        match next {
-            Some(m) => events.push(m.event.expect("event")),
-            None => return events,
-        }
-    }
 }
 
 fn seqs(events: &[JobEvent]) -> Vec<u64> {
