@@ -8,8 +8,9 @@
 #                                (passed to cargo nextest / cargo test)
 #
 # Needs: redis-server and libfaketime (installed with apt-get when run as root
-# on Debian/Ubuntu), Node's npx for buf, and cargo-nextest (installed if
-# missing; otherwise falls back to cargo test).
+# on Debian/Ubuntu), Node's npx for buf, python3 with venv for the Helm chart
+# check, and cargo-nextest (installed if missing; otherwise falls back to
+# cargo test).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -96,6 +97,11 @@ buf_lint() {
     fi
 }
 check "buf lint proto" buf_lint
+
+# The Helm chart and the Dockerfile: helm lint --strict and offline rendering
+# through Helm's library, Kubernetes schemas, the restricted Pod Security
+# Standard (installs its Python packages into a cached venv).
+check "helm lint" ./scripts/helm-check.sh
 
 # --- tests -----------------------------------------------------------------
 

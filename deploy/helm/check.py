@@ -1,0 +1,592 @@
+#!/usr/bin/env python3
+"""Checks the jobctl Helm chart and the Dockerfile, offline.
+
+For each scenario of values (the defaults, every optional feature on, the
+embedded store, ...):
+
+1. `helm lint --strict` with those values (Helm's own library, through
+   helm-python-sdk; it also validates the values against values.schema.json);
+2. `helm template`: the chart rendered offline by the same library;
+3. every rendered object against the Kubernetes OpenAPI schemas of the
+   oldest and newest Kubernetes the scenario claims, with unknown fields
+   refused (kubernetes-validate, strict);
+4. every Pod (Deployment templates and the test Pod) against the rules of
+   the "restricted" Pod Security Standard;
+5. what the chart promises: the grace period outlasts the server's drain,
+   the Redis URL comes from a Secret, selectors match, the worker dials the
+   Service, every object carries the standard labels.
+
+Scenarios that must be refused (a template guard or the schema) are
+rendered too, and must fail. Last, the Dockerfile is parsed with BuildKit's
+parser and checked for a multi-stage build ending as a numeric non-root user.
+
+Run through scripts/helm-check.sh, which installs the Python packages.
+Exits non-zero on the first scenario that fails, after printing everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import dockerfile
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+HERE = Path(__file__).resolve().parent
+CHART = HERE / "jobctl"
+REPO = HERE.parent.parent
+
+RELEASE = "demo"
+NAMESPACE = "jobs"
+# The chart needs gRPC probes (GA in 1.27); sleep preStop hooks need 1.30.
+OLDEST_KUBE = "1.27.0"
+NEWEST_KUBE = kubernetes_validate.latest_version()
+
+STANDARD_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "helm.sh/chart",
+)
+
+# What the restricted Pod Security Standard allows.
+ALLOWED_VOLUME_KINDS = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+ALLOWED_ADDED_CAPABILITIES = {"NET_BIND_SERVICE"}
+SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+}
+SELINUX_TYPES = {"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
+
+ALL_FEATURES: dict[str, Any] = {
+    "replicaCount": 3,
+    "image": {"digest": "sha256:" + "ab" * 32},
+    "imagePullSecrets": [{"name": "registry"}],
+    "redis": {"url": "redis://:secret@redis-master.data.svc:6379/0", "keyPrefix": "prod"},
+    "server": {"logFormat": "text", "logLevel": "info,jobctl_server=debug"},
+    "extraEnv": [{"name": "JOBCTL_MAX_PAYLOAD_BYTES", "value": "4194304"}],
+    "extraEnvFrom": [{"configMapRef": {"name": "jobctl-limits"}}],
+    "terminationGracePeriodSeconds": 40,
+    "preStopSleepSeconds": 5,
+    "probes": {"readiness": {"type": "http"}},
+    "service": {"annotations": {"example.com/owner": "platform"}},
+    "serviceAccount": {"annotations": {"example.com/role": "jobctl"}},
+    "podAnnotations": {"example.com/scrape": "true"},
+    "podLabels": {"team": "platform"},
+    "nodeSelector": {"kubernetes.io/os": "linux"},
+    "tolerations": [{"key": "jobs", "operator": "Exists", "effect": "NoSchedule"}],
+    "priorityClassName": "high",
+    "autoscaling": {
+        "enabled": True,
+        "minReplicas": 3,
+        "maxReplicas": 12,
+        "targetMemoryUtilizationPercentage": 80,
+    },
+    "podDisruptionBudget": {"enabled": True, "maxUnavailable": "34%"},
+    "networkPolicy": {
+        "enabled": True,
+        "grpcFrom": [{"namespaceSelector": {"matchLabels": {"team": "web"}}}],
+        "metricsFrom": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ],
+        "redis": {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "ports": [6379, 26379]},
+        "extraEgress": [
+            {"to": [{"podSelector": {"matchLabels": {"app": "otel-collector"}}}],
+             "ports": [{"port": 4317, "protocol": "TCP"}]}
+        ],
+    },
+    "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+    "worker": {
+        "enabled": True,
+        "image": {"repository": "registry.example.com/acme/thumbnailer", "tag": "1.4.2"},
+        "args": ["--queues", "default,media"],
+        "replicaCount": 4,
+        "env": [{"name": "WORKER_CONCURRENCY", "value": "8"}],
+        "envFrom": [{"secretRef": {"name": "thumbnailer"}}],
+        "ports": [{"name": "metrics", "containerPort": 8080}],
+        "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}},
+        "probes": {"livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}}},
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "autoscaling": {
+            "enabled": True,
+            "minReplicas": 2,
+            "maxReplicas": 50,
+            "metrics": [
+                {
+                    "type": "External",
+                    "external": {
+                        "metric": {
+                            "name": "jobctl_jobs",
+                            "selector": {"matchLabels": {"queue": "media", "state": "queued"}},
+                        },
+                        "target": {"type": "AverageValue", "averageValue": "10"},
+                    },
+                }
+            ],
+        },
+        "podDisruptionBudget": {"enabled": True},
+    },
+}
+
+# name -> (values, oldest Kubernetes the rendering must be valid on, kinds expected)
+SCENARIOS: dict[str, tuple[dict[str, Any], str, set[str]]] = {
+    "defaults": (
+        {},
+        OLDEST_KUBE,
+        {"Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "Pod"},
+    ),
+    "all-features": (
+        ALL_FEATURES,
+        "1.30.0",
+        {
+            "Deployment",
+            "Service",
+            "ServiceAccount",
+            "Secret",
+            "HorizontalPodAutoscaler",
+            "PodDisruptionBudget",
+            "NetworkPolicy",
+            "ServiceMonitor",
+            "Pod",
+        },
+    ),
+    "single-replica": (
+        {"replicaCount": 1, "serviceAccount": {"create": False}},
+        OLDEST_KUBE,
+        {"Deployment", "Service", "Pod"},
+    ),
+    "embedded-store": (
+        {"replicaCount": 1, "redis": {"embedded": True, "existingSecret": ""}},
+        OLDEST_KUBE,
+        {"Deployment", "Service", "ServiceAccount", "Pod"},
+    ),
+}
+
+# name -> (values, a fragment the error must contain)
+MUST_FAIL: dict[str, tuple[dict[str, Any], str]] = {
+    "grace period shorter than the drain": (
+        {"terminationGracePeriodSeconds": 20},
+        "must exceed server.shutdownGraceSeconds",
+    ),
+    "grace period eaten by the preStop sleep": (
+        {"preStopSleepSeconds": 15},
+        "must exceed server.shutdownGraceSeconds",
+    ),
+    "no Redis configured": (
+        {"redis": {"existingSecret": "", "url": ""}},
+        "set redis.existingSecret",
+    ),
+    "embedded store with two replicas": (
+        {"redis": {"embedded": True}},
+        "needs replicaCount 1",
+    ),
+    "worker without an image": ({"worker": {"enabled": True}}, "worker.image.repository"),
+    "schema: replicaCount not a number": ({"replicaCount": "two"}, "replicaCount"),
+    "schema: unknown top-level key": ({"replicas": 3}, "replicas"),
+    "schema: bad readiness probe type": (
+        {"probes": {"readiness": {"type": "tcp"}}},
+        "type",
+    ),
+    "schema: Redis URL without scheme": ({"redis": {"url": "redis-master:6379"}}, "url"),
+}
+
+
+class Failure(Exception):
+    pass
+
+
+def lint(values: dict[str, Any]) -> list[str]:
+    """`helm lint --strict`: every finding of severity warning or above."""
+    report = helm.lint(
+        str(CHART),
+        values or None,
+        strict=True,
+        namespace=NAMESPACE,
+        kube_version="v" + NEWEST_KUBE,
+    )
+    problems = [
+        f"{m['path']}: {m['error']}" for m in report.get("messages", []) if m["severity"] >= 2
+    ]
+    problems += list(report.get("errors") or [])
+    return problems
+
+
+def render(values: dict[str, Any]) -> dict[str, str]:
+    with helm.Chart.load(str(CHART)) as chart:
+        chart.validate_schema(values or None)
+        return chart.render(values or None, name=RELEASE, namespace=NAMESPACE, is_install=True)
+
+
+def objects(manifests: dict[str, str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc is None:
+                continue
+            if not isinstance(doc, dict):
+                raise Failure(f"{path}: a document is not a mapping")
+            yield path, doc
+
+
+def where(obj: dict[str, Any]) -> str:
+    return f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+
+
+def validate_schemas(objs: list[dict[str, Any]], oldest: str) -> int:
+    """Validates against the Kubernetes schemas; returns how many objects were checked."""
+    checked = 0
+    for obj in objs:
+        if obj["apiVersion"].startswith("monitoring.coreos.com/"):
+            check_service_monitor(obj)
+            continue
+        for version in (oldest, NEWEST_KUBE):
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                path = ".".join(str(p) for p in e.path)
+                raise Failure(f"{where(obj)} is invalid on Kubernetes {version} at {path}: {e.message}")
+            except kubernetes_validate.SchemaNotFoundError as e:
+                raise Failure(f"{where(obj)}: {e.message}")
+        checked += 1
+    return checked
+
+
+def check_service_monitor(obj: dict[str, Any]) -> None:
+    # No OpenAPI schema ships for the Prometheus Operator's CRDs; check the
+    # fields it needs by hand.
+    spec = obj.get("spec", {})
+    if not spec.get("selector", {}).get("matchLabels"):
+        raise Failure(f"{where(obj)}: no selector")
+    for endpoint in spec.get("endpoints", []):
+        if endpoint.get("port") != "http" or endpoint.get("path") != "/metrics":
+            raise Failure(f"{where(obj)}: endpoint {endpoint} does not scrape http /metrics")
+
+
+def pod_specs(objs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(where, pod metadata, pod spec) of every Pod the chart makes."""
+    for obj in objs:
+        if obj["kind"] == "Pod":
+            yield where(obj), obj["metadata"], obj["spec"]
+        elif obj["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+            template = obj["spec"]["template"]
+            yield where(obj), template.get("metadata", {}), template["spec"]
+
+
+def check_restricted(name: str, spec: dict[str, Any]) -> None:
+    """The restricted Pod Security Standard (and a read-only root filesystem)."""
+    problems = []
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(field):
+            problems.append(f"{field} is true")
+    if spec.get("hostUsers") is False:
+        pass  # user namespaces are fine
+    for volume in spec.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= ALLOWED_VOLUME_KINDS:
+            problems.append(f"volume {volume['name']} is of a forbidden kind {sorted(kinds)}")
+    pod_sc = spec.get("securityContext", {})
+    for sysctl in pod_sc.get("sysctls", []):
+        if sysctl["name"] not in SAFE_SYSCTLS:
+            problems.append(f"unsafe sysctl {sysctl['name']}")
+    if pod_sc.get("runAsUser") == 0:
+        problems.append("the Pod runs as user 0")
+    containers = (
+        spec.get("containers", []) + spec.get("initContainers", []) + spec.get("ephemeralContainers", [])
+    )
+    if not spec.get("containers"):
+        problems.append("no containers")
+    for c in containers:
+        sc = c.get("securityContext", {})
+        cname = f"container {c['name']}"
+        if sc.get("privileged"):
+            problems.append(f"{cname} is privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{cname} does not set allowPrivilegeEscalation: false")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []):
+            problems.append(f"{cname} does not drop ALL capabilities")
+        extra = set(caps.get("add", [])) - ALLOWED_ADDED_CAPABILITIES
+        if extra:
+            problems.append(f"{cname} adds capabilities {sorted(extra)}")
+        non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
+        if non_root is not True:
+            problems.append(f"{cname} may run as root (runAsNonRoot is not true)")
+        if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+            problems.append(f"{cname} runs as user 0")
+        seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{cname} has seccomp profile {seccomp!r}, not RuntimeDefault")
+        apparmor = sc.get("appArmorProfile", pod_sc.get("appArmorProfile", {})).get("type")
+        if apparmor == "Unconfined":
+            problems.append(f"{cname} runs AppArmor-unconfined")
+        selinux = sc.get("seLinuxOptions", pod_sc.get("seLinuxOptions", {}))
+        if selinux.get("type", "") not in SELINUX_TYPES or selinux.get("user") or selinux.get("role"):
+            problems.append(f"{cname} sets forbidden SELinux options {selinux}")
+        if sc.get("procMount", "Default") != "Default":
+            problems.append(f"{cname} sets procMount {sc['procMount']}")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{cname} has a writable root filesystem")
+        for port in c.get("ports", []):
+            if port.get("hostPort"):
+                problems.append(f"{cname} uses hostPort {port['hostPort']}")
+    if problems:
+        raise Failure(f"{name} breaks the restricted Pod Security Standard: " + "; ".join(problems))
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def seconds(duration: str) -> int:
+    m = re.fullmatch(r"(\d+)s", duration)
+    if not m:
+        raise Failure(f"JOBCTL_SHUTDOWN_GRACE {duration!r} is not whole seconds")
+    return int(m.group(1))
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def check_chart_promises(objs: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for obj in objs:
+        by_kind.setdefault(obj["kind"], []).append(obj)
+        labels = obj["metadata"].get("labels", {})
+        missing = [label for label in STANDARD_LABELS if label not in labels]
+        if missing:
+            raise Failure(f"{where(obj)} lacks the labels {missing}")
+        if obj["metadata"].get("namespace") != NAMESPACE:
+            raise Failure(f"{where(obj)} is not in the release namespace")
+
+    deployments = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in by_kind["Deployment"]}
+    server = deployments["server"]
+    pod = server["spec"]["template"]
+    if not selects(server["spec"]["selector"]["matchLabels"], pod["metadata"]["labels"]):
+        raise Failure("the server Deployment's selector does not match its Pods")
+    container = pod["spec"]["containers"][0]
+    env = env_of(container)
+
+    # The grace period outlasts the server's drain (and the preStop sleep).
+    grace = seconds(env["JOBCTL_SHUTDOWN_GRACE"]["value"])
+    sleep = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    period = pod["spec"]["terminationGracePeriodSeconds"]
+    if period <= grace + sleep:
+        raise Failure(f"terminationGracePeriodSeconds {period} <= shutdown grace {grace}s + preStop {sleep}s")
+
+    # The Redis URL comes from a Secret, never a plain value.
+    redis = env.get("JOBCTL_REDIS_URL")
+    if values.get("redis", {}).get("embedded"):
+        if redis is not None or server["spec"]["strategy"]["type"] != "Recreate":
+            raise Failure("the embedded store must run without a Redis URL, one Pod at a time")
+    else:
+        if redis is None or "secretKeyRef" not in redis.get("valueFrom", {}):
+            raise Failure("JOBCTL_REDIS_URL does not come from a Secret")
+        ref = redis["valueFrom"]["secretKeyRef"]
+        secrets = {s["metadata"]["name"]: s for s in by_kind.get("Secret", [])}
+        if values.get("redis", {}).get("url") and ref["key"] not in secrets.get(ref["name"], {}).get("data", {}):
+            raise Failure(f"JOBCTL_REDIS_URL points at {ref}, which the chart does not create")
+
+    # Ports and probes line up.
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    if ports != {"grpc": 50051, "http": 9090}:
+        raise Failure(f"the server's ports are {ports}")
+    listen = env["JOBCTL_LISTEN"]["value"].rsplit(":", 1)[1]
+    http_listen = env["JOBCTL_HTTP_LISTEN"]["value"].rsplit(":", 1)[1]
+    if (int(listen), int(http_listen)) != (ports["grpc"], ports["http"]):
+        raise Failure("JOBCTL_LISTEN / JOBCTL_HTTP_LISTEN do not match the container ports")
+    readiness = container["readinessProbe"]
+    if "grpc" in readiness:
+        if readiness["grpc"]["port"] != ports["grpc"]:
+            raise Failure("the gRPC readiness probe is not on the gRPC port")
+    elif readiness.get("httpGet", {}).get("path") != "/readyz":
+        raise Failure("the readiness probe is neither gRPC health nor /readyz")
+    if container["livenessProbe"].get("httpGet", {}).get("path") != "/healthz":
+        raise Failure("the liveness probe is not /healthz (it must not depend on Redis)")
+
+    # The Service reaches the server Pods.
+    services = by_kind["Service"]
+    service = services[0]
+    if not selects(service["spec"]["selector"], pod["metadata"]["labels"]):
+        raise Failure("the Service does not select the server Pods")
+    service_ports = {p["name"]: p for p in service["spec"]["ports"]}
+    if set(service_ports) != {"grpc", "http"}:
+        raise Failure(f"the Service's ports are {sorted(service_ports)}")
+    grpc_address = (
+        f"{service['metadata']['name']}.{NAMESPACE}.svc:{service_ports['grpc']['port']}"
+    )
+
+    # Autoscalers, budgets and policies point at what exists.
+    names = {d["metadata"]["name"]: d for d in by_kind["Deployment"]}
+    for hpa in by_kind.get("HorizontalPodAutoscaler", []):
+        target = hpa["spec"]["scaleTargetRef"]
+        if target["kind"] != "Deployment" or target["name"] not in names:
+            raise Failure(f"{where(hpa)} scales {target}, which does not exist")
+        if "replicas" in names[target["name"]]["spec"]:
+            raise Failure(f"{target['name']} sets replicas although an HPA scales it")
+    for budget in by_kind.get("PodDisruptionBudget", []):
+        selector = budget["spec"]["selector"]["matchLabels"]
+        if not any(selects(selector, d["spec"]["template"]["metadata"]["labels"]) for d in names.values()):
+            raise Failure(f"{where(budget)} selects no Pods")
+    for policy in by_kind.get("NetworkPolicy", []):
+        if not selects(policy["spec"]["podSelector"]["matchLabels"], pod["metadata"]["labels"]):
+            raise Failure(f"{where(policy)} does not select the server Pods")
+        egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
+        wanted = {53, *values.get("networkPolicy", {}).get("redis", {}).get("ports", [6379])}
+        if not wanted <= egress_ports:
+            raise Failure(f"{where(policy)} lets out {sorted(egress_ports)}, not DNS and Redis {sorted(wanted)}")
+        ingress_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule.get("ports", [])}
+        if ingress_ports != {"grpc", "http"}:
+            raise Failure(f"{where(policy)} lets in {sorted(ingress_ports)}")
+
+    # The worker dials the Service.
+    worker = deployments.get("worker")
+    if worker is not None:
+        wenv = env_of(worker["spec"]["template"]["spec"]["containers"][0])
+        if wenv.get("JOBCTL_SERVER", {}).get("value") != f"http://{grpc_address}":
+            raise Failure(f"the worker's JOBCTL_SERVER is {wenv.get('JOBCTL_SERVER')}, not http://{grpc_address}")
+        if worker["spec"]["selector"]["matchLabels"] == server["spec"]["selector"]["matchLabels"]:
+            raise Failure("the worker and server Deployments share a selector")
+    elif values.get("worker", {}).get("enabled"):
+        raise Failure("worker.enabled rendered no worker Deployment")
+
+    # `helm test` asks the Service's gRPC health.
+    tests = [p for p in by_kind.get("Pod", []) if p["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    if len(tests) != 1:
+        raise Failure(f"expected one helm test Pod, found {len(tests)}")
+    for c in tests[0]["spec"]["containers"]:
+        if f"-addr={grpc_address}" not in c.get("args", []):
+            raise Failure(f"the test Pod's {c['name']} does not dial {grpc_address}")
+
+
+def run_scenario(name: str, values: dict[str, Any], oldest: str, kinds: set[str], show: bool) -> str:
+    problems = lint(values)
+    if problems:
+        raise Failure("helm lint --strict: " + "; ".join(problems))
+    manifests = render(values)
+    notes = manifests.get("jobctl/templates/NOTES.txt", "")
+    if RELEASE not in notes:
+        raise Failure("NOTES.txt did not render")
+    found = list(objects(manifests))
+    objs = [obj for _, obj in found]
+    if show:
+        print(yaml.safe_dump_all(objs, sort_keys=False))
+    rendered_kinds = {obj["kind"] for obj in objs}
+    if rendered_kinds != kinds:
+        raise Failure(f"rendered kinds {sorted(rendered_kinds)}, expected {sorted(kinds)}")
+    checked = validate_schemas(objs, oldest)
+    pods = 0
+    for pod_name, _meta, spec in pod_specs(objs):
+        check_restricted(pod_name, spec)
+        pods += 1
+    check_chart_promises(objs, values)
+    return (
+        f"lint clean, {len(objs)} objects ({', '.join(sorted(rendered_kinds))}), "
+        f"{checked} valid on Kubernetes {oldest[:-2]} and {NEWEST_KUBE[:-2]}, "
+        f"{pods} Pod specs restricted"
+    )
+
+
+def run_must_fail(values: dict[str, Any], fragment: str) -> str:
+    try:
+        render(values)
+    except helm.HelmError as e:
+        message = str(e)
+        if fragment not in message:
+            raise Failure(f"refused, but not for the expected reason ({fragment!r}): {message}")
+        # (helm lint renders `fail` as a log line, by design, so only the
+        # rendering is expected to refuse.)
+        return "refused: " + message.strip().splitlines()[-1][:150]
+    raise Failure("rendered, but must be refused")
+
+
+def check_dockerfile() -> str:
+    commands = dockerfile.parse_file(str(REPO / "Dockerfile"))
+    stages: list[list[dockerfile.Command]] = []
+    for cmd in commands:
+        if cmd.cmd == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append(cmd)
+    if len(stages) < 2:
+        raise Failure("Dockerfile: not a multi-stage build")
+    build = " ".join(" ".join(c.value) for s in stages[:-1] for c in s if c.cmd == "RUN")
+    for needed in ("cargo build --release --locked", "-p jobctl-server --bin jobctl-server"):
+        if needed not in build:
+            raise Failure(f"Dockerfile: the build stage does not run {needed!r}")
+    final = stages[-1]
+    base = final[0].value[0]
+    if base.startswith("rust:"):
+        raise Failure("Dockerfile: the final image is the build image")
+    users = [c.value[0] for c in final if c.cmd == "USER"]
+    if not users or not re.fullmatch(r"[1-9]\d*(:\d+)?", users[-1]):
+        raise Failure(f"Dockerfile: the final stage's USER is {users[-1:] or 'unset'}, not a numeric non-root id")
+    entry = [c for c in final if c.cmd == "ENTRYPOINT"]
+    if not entry or not entry[-1].json or not entry[-1].value[0].endswith("/jobctl-server"):
+        raise Failure("Dockerfile: the entrypoint is not jobctl-server (exec form)")
+    ignored = (REPO / ".dockerignore").read_text().split()
+    if "target/" not in ignored or ".git/" not in ignored:
+        raise Failure(".dockerignore: target/ and .git/ must stay out of the build context")
+    return f"{len(stages)} stages, runs on {base} as USER {users[-1]}"
+
+
+def main() -> int:
+    # Helm logs each template `fail` it meets while linting; keep that out.
+    logging.basicConfig(level=logging.ERROR)
+    helm.enable_logging(logging.ERROR)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--show", metavar="SCENARIO", help="print the rendered manifests of a scenario")
+    args = parser.parse_args()
+
+    print(f"helm {helm.helm_sdk_version()} (helm-python-sdk {helm.__version__}), "
+          f"kubernetes-validate schemas up to {NEWEST_KUBE}")
+    failed = []
+
+    def step(label: str, fn: Callable[[], str]) -> None:
+        try:
+            print(f"ok    {label}: {fn()}")
+        except (Failure, helm.HelmError, yaml.YAMLError) as e:
+            print(f"FAIL  {label}: {e}")
+            failed.append(label)
+
+    for name, (values, oldest, kinds) in SCENARIOS.items():
+        step(f"render {name}", lambda: run_scenario(name, values, oldest, kinds, args.show == name))
+    for name, (values, fragment) in MUST_FAIL.items():
+        step(f"refuse {name}", lambda: run_must_fail(values, fragment))
+    step("Dockerfile", check_dockerfile)
+
+    if failed:
+        print(f"\n{len(failed)} chart check(s) failed: {', '.join(failed)}")
+        return 1
+    print(f"\n{len(SCENARIOS) + len(MUST_FAIL) + 1} passed, 0 failed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
