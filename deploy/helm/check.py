@@ -526,6 +526,42 @@ def run_must_fail(values: dict[str, Any], fragment: str) -> str:
     raise Failure("rendered, but must be refused")
 
 
+# Values documented as one row although they hold objects.
+OPAQUE_VALUES = {
+    "resources",
+    "podSecurityContext",
+    "securityContext",
+    "affinity",
+    "networkPolicy.dns.to",
+    "worker.resources",
+    "worker.podSecurityContext",
+    "worker.securityContext",
+    "worker.affinity",
+    "worker.probes",
+}
+
+
+def value_keys(values: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    for key, value in values.items():
+        path = prefix + key
+        if isinstance(value, dict) and value and path not in OPAQUE_VALUES:
+            yield from value_keys(value, path + ".")
+        else:
+            yield path
+
+
+def check_values_documented() -> str:
+    """Every value has a row in the chart README's table, and every row a value."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    keys = set(value_keys(values))
+    rows = set(re.findall(r"^\| `([A-Za-z0-9_.]+)` \|", (CHART / "README.md").read_text(), re.M))
+    undocumented = sorted(keys - rows)
+    stale = sorted(rows - keys)
+    if undocumented or stale:
+        raise Failure(f"README.md values table: undocumented {undocumented}, not in values.yaml {stale}")
+    return f"all {len(keys)} values have a row in README.md"
+
+
 def check_dockerfile() -> str:
     commands = dockerfile.parse_file(str(REPO / "Dockerfile"))
     stages: list[list[dockerfile.Command]] = []
@@ -579,12 +615,14 @@ def main() -> int:
         step(f"render {name}", lambda: run_scenario(name, values, oldest, kinds, args.show == name))
     for name, (values, fragment) in MUST_FAIL.items():
         step(f"refuse {name}", lambda: run_must_fail(values, fragment))
+    step("values documented", check_values_documented)
     step("Dockerfile", check_dockerfile)
 
+    total = len(SCENARIOS) + len(MUST_FAIL) + 2
     if failed:
-        print(f"\n{len(failed)} chart check(s) failed: {', '.join(failed)}")
+        print(f"\n{total - len(failed)} passed, {len(failed)} failed: {', '.join(failed)}")
         return 1
-    print(f"\n{len(SCENARIOS) + len(MUST_FAIL) + 1} passed, 0 failed")
+    print(f"\n{total} passed, 0 failed")
     return 0
 
 
