@@ -98,15 +98,17 @@ buf_lint() {
 }
 check "buf lint proto" buf_lint
 
-# The Helm chart and the Dockerfile: helm lint --strict and offline rendering
-# through Helm's library, Kubernetes schemas, the restricted Pod Security
-# Standard (installs its Python packages into a cached venv).
-check "helm lint" ./scripts/helm-check.sh
-
 # --- tests -----------------------------------------------------------------
 
 # The export example's browser test and other tests run the binaries.
 check "cargo build --workspace --bins" cargo build --workspace --bins
+
+# The Helm chart and the Dockerfile: helm lint --strict and offline rendering
+# through Helm's library, Kubernetes schemas, the restricted Pod Security
+# Standard, and the server binary run with the chart's environment (installs
+# its Python packages into a cached venv).
+check "helm lint" ./scripts/helm-check.sh \
+    --server-bin "${CARGO_TARGET_DIR:-target}/debug/jobctl-server"
 
 # The end-to-end tests mostly wait on timers and processes, not the CPU, so
 # they run several per core (JOBCTL_TEST_THREADS to change).

@@ -17,19 +17,30 @@ embedded store, ...):
    Service, every object carries the standard labels.
 
 Scenarios that must be refused (a template guard or the schema) are
-rendered too, and must fail. Last, the Dockerfile is parsed with BuildKit's
-parser and checked for a multi-stage build ending as a numeric non-root user.
+rendered too, and must fail. The values table of the chart's README must
+list every value. The Dockerfile is parsed with BuildKit's parser and
+checked for a multi-stage build ending as a numeric non-root user. With
+--server-bin, the real jobctl-server runs with the environment the chart
+renders, against a private redis-server, and its /healthz and /readyz must
+behave as the probes assume.
 
 Run through scripts/helm-check.sh, which installs the Python packages.
-Exits non-zero on the first scenario that fails, after printing everything.
+Runs every check, then exits non-zero if any failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -562,6 +573,97 @@ def check_values_documented() -> str:
     return f"all {len(keys)} values have a row in README.md"
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def poll(what: str, probe: Callable[[], bool], deadline: float = 60.0) -> None:
+    """Polls probe() until it is true; the deadline only stops a hang."""
+    end = time.monotonic() + deadline
+    while not probe():
+        if time.monotonic() > end:
+            raise Failure(f"gave up waiting for {what}")
+        time.sleep(0.05)
+
+
+def http_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
+def check_server(binary: Path) -> str:
+    """Runs the real jobctl-server with the environment the chart renders by
+    default, against a private redis-server on a free port, and checks what
+    the probes rely on: /healthz and /readyz answer 200; with Redis gone,
+    /readyz answers 503 while /healthz stays 200; SIGTERM ends it in time."""
+    if not binary.is_file():
+        raise Failure(f"{binary} is missing (cargo build --workspace --bins first)")
+    help_text = subprocess.run([binary, "--help"], capture_output=True, text=True, check=True).stdout
+    known = set(re.findall(r"JOBCTL_[A-Z0-9_]+", help_text))
+    objs = [obj for _, obj in objects(render({}))]
+    server = next(o for o in objs if o["kind"] == "Deployment")
+    container = server["spec"]["template"]["spec"]["containers"][0]
+    chart_env = env_of(container)
+    unknown = sorted(name for name in chart_env if name.startswith("JOBCTL_") and name not in known)
+    if unknown:
+        raise Failure(f"the chart sets {unknown}, which jobctl-server --help does not list")
+
+    grpc_port, http_port, redis_port = free_port(), free_port(), free_port()
+    env = {name: e["value"] for name, e in chart_env.items() if "value" in e}
+    env.update(
+        PATH=os.environ.get("PATH", "/usr/bin:/bin"),
+        # In the cluster these come from the Secret and the Pod's own ports.
+        JOBCTL_REDIS_URL=f"redis://127.0.0.1:{redis_port}",
+        JOBCTL_LISTEN=f"127.0.0.1:{grpc_port}",
+        JOBCTL_HTTP_LISTEN=f"127.0.0.1:{http_port}",
+    )
+    base = f"http://127.0.0.1:{http_port}"
+    with tempfile.TemporaryDirectory() as data:
+        redis = subprocess.Popen(
+            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--dir", data],
+            stdout=subprocess.DEVNULL,
+        )
+        server_proc = subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            poll("/readyz to answer 200", lambda: http_status(base + "/readyz") == 200)
+            if http_status(base + "/healthz") != 200:
+                raise Failure("/healthz does not answer 200")
+            redis.terminate()
+            redis.wait(timeout=30)
+            poll("/readyz to answer 503 without Redis", lambda: http_status(base + "/readyz") == 503)
+            if http_status(base + "/healthz") != 200:
+                raise Failure("/healthz fails while Redis is down: liveness would restart every Pod")
+            started = time.monotonic()
+            server_proc.terminate()
+            grace = seconds(env["JOBCTL_SHUTDOWN_GRACE"])
+            try:
+                code = server_proc.wait(timeout=server["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
+            except subprocess.TimeoutExpired:
+                raise Failure("jobctl-server outlived terminationGracePeriodSeconds after SIGTERM")
+            took = time.monotonic() - started
+            if code != 0:
+                raise Failure(f"jobctl-server exited {code} on SIGTERM")
+            logs = [line for line in server_proc.stderr.read().splitlines() if line.strip()]
+            if env.get("JOBCTL_LOG_FORMAT") == "json" and not all(line.startswith("{") for line in logs):
+                raise Failure("JOBCTL_LOG_FORMAT=json, yet some log lines are not JSON")
+        finally:
+            server_proc.kill()
+            redis.kill()
+            server_proc.wait()
+            redis.wait()
+    return (
+        f"{len(chart_env)} env vars accepted; /healthz 200, /readyz 200 then 503 without Redis "
+        f"(/healthz still 200); SIGTERM exit 0 ({took:.1f}s, grace {grace}s)"
+    )
+
+
 def check_dockerfile() -> str:
     commands = dockerfile.parse_file(str(REPO / "Dockerfile"))
     stages: list[list[dockerfile.Command]] = []
@@ -598,6 +700,12 @@ def main() -> int:
     helm.enable_logging(logging.ERROR)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--show", metavar="SCENARIO", help="print the rendered manifests of a scenario")
+    parser.add_argument(
+        "--server-bin",
+        type=Path,
+        metavar="PATH",
+        help="also run this jobctl-server with the chart's environment against a private redis-server",
+    )
     args = parser.parse_args()
 
     print(f"helm {helm.helm_sdk_version()} (helm-python-sdk {helm.__version__}), "
@@ -607,7 +715,7 @@ def main() -> int:
     def step(label: str, fn: Callable[[], str]) -> None:
         try:
             print(f"ok    {label}: {fn()}")
-        except (Failure, helm.HelmError, yaml.YAMLError) as e:
+        except (Failure, helm.HelmError, yaml.YAMLError, OSError, subprocess.SubprocessError) as e:
             print(f"FAIL  {label}: {e}")
             failed.append(label)
 
@@ -617,8 +725,11 @@ def main() -> int:
         step(f"refuse {name}", lambda: run_must_fail(values, fragment))
     step("values documented", check_values_documented)
     step("Dockerfile", check_dockerfile)
-
     total = len(SCENARIOS) + len(MUST_FAIL) + 2
+    if args.server_bin:
+        step("server with the chart's env", lambda: check_server(args.server_bin))
+        total += 1
+
     if failed:
         print(f"\n{total - len(failed)} passed, {len(failed)} failed: {', '.join(failed)}")
         return 1
