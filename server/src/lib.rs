@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod model;
 pub mod signals;
 pub mod store;
+pub mod telemetry;
 pub mod watch;
 
 use std::future::Future;
@@ -171,6 +172,8 @@ pub async fn serve_with(
     let server = tonic::transport::Server::builder()
         .accept_http1(true)
         .http2_keepalive_interval(Some(config.http2_keepalive))
+        // One span per jobctl call, continuing the caller's trace.
+        .trace_fn(telemetry::rpc_span)
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_resource_exhausted,
         ))

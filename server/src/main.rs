@@ -2,21 +2,14 @@
 
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use clap::Parser;
 use jobctl_server::Config;
-use jobctl_server::config::LogFormat;
-use tracing_subscriber::EnvFilter;
+use jobctl_server::telemetry::{self, Export};
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
+/// How long the exit waits for buffered spans to be exported.
+const TRACE_FLUSH: Duration = Duration::from_secs(5);
 
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
@@ -45,7 +38,37 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    init_logging(config.log_format);
+    // Logs go out even when the OTEL_* variables are wrong, to say so.
+    let (export, bad_export) = match Export::from_env() {
+        Ok(export) => (export, None),
+        Err(error) => (Export::Off, Some(error)),
+    };
+    let telemetry = match telemetry::init(config.log_format, export) {
+        Ok(t) => t,
+        Err(error) => {
+            let mut message = error.to_string();
+            let mut source = std::error::Error::source(&error);
+            while let Some(s) = source {
+                message = format!("{message}: {s}");
+                source = s.source();
+            }
+            eprintln!("jobctl-server: cannot set up telemetry: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(error) = bad_export {
+        tracing::error!(%error, "cannot set up trace export");
+        return ExitCode::FAILURE;
+    }
+    if telemetry.is_exporting() {
+        tracing::info!("exporting traces over otlp as the OTEL_* variables say");
+    }
+    let code = run(config).await;
+    telemetry.shutdown(TRACE_FLUSH).await;
+    code
+}
+
+async fn run(config: Config) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(error) => {

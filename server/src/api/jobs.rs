@@ -12,13 +12,16 @@ use tonic::{Request, Response, Status};
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tracing::Instrument;
 
 use super::{Shared, job_id, namespace};
 use crate::metrics;
+use crate::telemetry::{self, REQUEST_ID};
 use crate::watch::{STREAM_BUFFER, Watcher, is_terminal_state};
 
 /// Metadata kept with a job so the worker's span continues the submitter's trace.
-const TRACE_HEADERS: &[&str] = &["traceparent", "tracestate", "x-request-id"];
+const TRACE_HEADERS: &[&str] = &["traceparent", "tracestate", REQUEST_ID];
 const MAX_TRACE_HEADER_BYTES: usize = 512;
 
 pub struct JobApi(pub Arc<Shared>);
@@ -33,14 +36,46 @@ fn trace_context<T>(request: &Request<T>) -> BTreeMap<String, String> {
         .collect()
 }
 
-#[tonic::async_trait]
-impl JobService for JobApi {
-    async fn submit(
+/// The caller's request id, or a new one (a ULID) kept with the job: the
+/// worker's span and the Submit answer carry it.
+fn request_id(trace: &mut BTreeMap<String, String>) -> String {
+    if let Some(id) = trace.get(REQUEST_ID) {
+        return id.clone();
+    }
+    let id = ulid::Ulid::new().to_string();
+    tracing::Span::current().record("request_id", id.as_str());
+    trace.insert(REQUEST_ID.to_owned(), id.clone());
+    id
+}
+
+/// Puts the request id on an answer (a refusal included), so the caller
+/// can quote it.
+fn with_request_id<T>(
+    result: Result<Response<T>, Status>,
+    id: &str,
+) -> Result<Response<T>, Status> {
+    let Ok(value) = MetadataValue::try_from(id) else {
+        return result;
+    };
+    match result {
+        Ok(mut response) => {
+            response.metadata_mut().insert(REQUEST_ID, value);
+            Ok(response)
+        }
+        Err(mut status) => {
+            status.metadata_mut().insert(REQUEST_ID, value);
+            Err(status)
+        }
+    }
+}
+
+impl JobApi {
+    async fn submit_traced(
         &self,
         request: Request<v1::SubmitRequest>,
+        trace: BTreeMap<String, String>,
     ) -> Result<Response<v1::SubmitResponse>, Status> {
         let ns = namespace(&request);
-        let trace = trace_context(&request);
         let job = self.0.validator.submit(request.into_inner(), trace)?;
         let submitted = self.0.metrics.store(self.0.store.submit(ns, &job).await)?;
         let labels = metrics::queue(ns, job.queue());
@@ -58,12 +93,25 @@ impl JobService for JobApi {
             };
             self.0.maintenance.wake_in(due_in);
         }
+        telemetry::record_job(&submitted.job_id);
         tracing::debug!(job_id = %submitted.job_id, deduplicated = submitted.deduplicated, "submitted");
         Ok(Response::new(v1::SubmitResponse {
             job_id: submitted.job_id,
             deduplicated: submitted.deduplicated,
             state: submitted.state.into(),
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl JobService for JobApi {
+    async fn submit(
+        &self,
+        request: Request<v1::SubmitRequest>,
+    ) -> Result<Response<v1::SubmitResponse>, Status> {
+        let mut trace = trace_context(&request);
+        let id = request_id(&mut trace);
+        with_request_id(self.submit_traced(request, trace).await, &id)
     }
 
     async fn get_status(
@@ -72,6 +120,7 @@ impl JobService for JobApi {
     ) -> Result<Response<v1::GetStatusResponse>, Status> {
         let ns = namespace(&request);
         let id = job_id(&request.get_ref().job_id)?;
+        telemetry::record_job(&id);
         let job = self.0.metrics.store(self.0.store.get(ns, &id).await)?;
         Ok(Response::new(v1::GetStatusResponse { job: Some(job) }))
     }
@@ -83,6 +132,7 @@ impl JobService for JobApi {
         let ns = namespace(&request);
         let req = request.get_ref();
         let id = job_id(&req.job_id)?;
+        telemetry::record_job(&id);
         self.0.validator.message("reason", &req.reason)?;
         let (state, cancel_requested) = self
             .0
@@ -112,6 +162,7 @@ impl JobService for JobApi {
         let ns = namespace(&request);
         let req = request.get_ref();
         let id = job_id(&req.job_id)?;
+        telemetry::record_job(&id);
         let shared = &self.0;
         // Subscribe before the first read, so no event falls in between.
         let feed = shared.signals.feed(ns, &id.to_string());
@@ -141,14 +192,18 @@ impl JobService for JobApi {
         // status, after every event it already holds.
         let (ending_tx, ending_rx) = oneshot::channel();
         let metrics = shared.metrics.clone();
-        tokio::spawn(async move {
-            metrics.watchers.inc();
-            if let Some(status) = watcher.run(first, tx).await {
-                let _ = ending_tx.send(status);
+        // The call's span lasts as long as the stream.
+        tokio::spawn(
+            async move {
+                metrics.watchers.inc();
+                if let Some(status) = watcher.run(first, tx).await {
+                    let _ = ending_tx.send(status);
+                }
+                metrics.watchers.dec();
+                drop(feed);
             }
-            metrics.watchers.dec();
-            drop(feed);
-        });
+            .instrument(tracing::Span::current()),
+        );
         let ending =
             futures::stream::once(ending_rx).filter_map(|r| async move { r.ok().map(Err) });
         Ok(Response::new(Box::pin(

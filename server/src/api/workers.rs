@@ -14,6 +14,7 @@ use crate::keys::queue_tag;
 use crate::metrics::{self, Metrics};
 use crate::model::duration_ms;
 use crate::store::{Failure, timestamp};
+use crate::telemetry;
 
 pub struct WorkerApi(pub Arc<Shared>);
 
@@ -94,7 +95,17 @@ impl WorkerService for WorkerApi {
             let jobs = self.lease_now(ns, &req.worker_id, &req.queues, max).await?;
             if !jobs.is_empty() || Instant::now() >= deadline || shared.shutdown.is_cancelled() {
                 for job in &jobs {
-                    tracing::debug!(job_id = %job.job_id, worker_id = %req.worker_id, attempt = job.attempt, "leased");
+                    // One short span per job handed out, linked to the
+                    // trace of the job's submitter.
+                    let span = tracing::info_span!(
+                        "lease",
+                        otel.name = "jobctl lease",
+                        job_id = %job.job_id,
+                        worker_id = %req.worker_id,
+                        attempt = job.attempt,
+                    );
+                    telemetry::link_to_submitter(&span, &job.trace_context);
+                    span.in_scope(|| tracing::debug!("leased"));
                 }
                 return Ok(Response::new(v1::LeaseResponse { jobs }));
             }
@@ -113,6 +124,7 @@ impl WorkerService for WorkerApi {
         let ns = namespace(&request);
         let req = request.get_ref();
         let id = job_id(&req.job_id)?;
+        telemetry::record_job(&id);
         let token = lease_token(&req.lease_token)?;
         if let Some(p) = &req.progress {
             self.0.validator.progress(p)?;
@@ -144,6 +156,7 @@ impl WorkerService for WorkerApi {
         let ns = namespace(&request);
         let req = request.get_ref();
         let id = job_id(&req.job_id)?;
+        telemetry::record_job(&id);
         let token = lease_token(&req.lease_token)?;
         let v = &self.0.validator;
         v.size("result", req.result.len(), v.limits.max_result_bytes)?;
@@ -168,6 +181,7 @@ impl WorkerService for WorkerApi {
         let ns = namespace(&request);
         let req = request.get_ref();
         let id = job_id(&req.job_id)?;
+        telemetry::record_job(&id);
         let token = lease_token(&req.lease_token)?;
         let failure = Failure {
             error: req.error.clone().unwrap_or_default(),
@@ -212,6 +226,7 @@ impl WorkerService for WorkerApi {
         let ns = namespace(&request);
         let req = request.get_ref();
         let id = job_id(&req.job_id)?;
+        telemetry::record_job(&id);
         let token = lease_token(&req.lease_token)?;
         self.0.validator.checkpoint(req.checkpoint.as_ref())?;
         let released = self
