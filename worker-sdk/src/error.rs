@@ -41,6 +41,10 @@ pub enum Error {
         /// The job.
         job_id: String,
     },
+    /// Telemetry could not be set up: unusable `OTEL_*` variables, or a
+    /// global subscriber installed before.
+    #[error("telemetry: {0}")]
+    Telemetry(String),
     /// The SIGINT/SIGTERM handlers could not be installed.
     #[error("could not install the signal handlers")]
     Signal(#[source] std::io::Error),

@@ -16,7 +16,7 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
-use tracing::{Instrument, Span, debug, error, info, info_span, warn};
+use tracing::{Instrument, Span, debug, error, info, warn};
 
 use crate::Error;
 use crate::backoff::{Backoff, Failure, classify};
@@ -27,6 +27,7 @@ use crate::handler::{
 };
 use crate::progress::ProgressTracker;
 use crate::rpc::{GaveUp, Rpc, retry, sleep_until_opt};
+use crate::telemetry;
 
 /// Heartbeat period when the lease does not say its TTL.
 const DEFAULT_HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
@@ -65,12 +66,13 @@ pub(crate) async fn run_job(shared: Arc<Shared>, leased: LeasedJob, abandon: Can
         );
         return;
     }
-    let span = info_span!(
-        "job",
-        job_id = %leased.job_id,
-        kind = %leased.kind,
-        attempt = leased.attempt,
-        queue = %leased.queue,
+    let span = telemetry::job_span(
+        &leased.job_id,
+        &leased.kind,
+        &leased.queue,
+        leased.attempt,
+        &shared.worker_id,
+        &leased.trace_context,
     );
     Job::new(shared, leased, abandon)
         .run()

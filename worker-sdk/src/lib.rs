@@ -8,6 +8,7 @@ mod handler;
 mod job;
 mod progress;
 mod rpc;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod worker;

@@ -50,6 +50,8 @@ impl Rpc {
             request.metadata_mut().insert(key.clone(), value.clone());
         }
         request.set_timeout(timeout);
+        // Calls about a job continue the job's trace.
+        crate::telemetry::inject_current(request.metadata_mut());
         match tokio::time::timeout(timeout, f(self.client.clone(), request)).await {
             Ok(answer) => answer.map(Response::into_inner),
             Err(_) => Err(Status::deadline_exceeded(format!(

@@ -102,7 +102,7 @@ impl WorkerService for WorkerApi {
                         otel.name = "jobctl lease",
                         job_id = %job.job_id,
                         worker_id = %req.worker_id,
-                        attempt = job.attempt,
+                        attempt = i64::from(job.attempt),
                     );
                     telemetry::link_to_submitter(&span, &job.trace_context);
                     span.in_scope(|| tracing::debug!("leased"));

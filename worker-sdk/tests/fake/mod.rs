@@ -45,6 +45,8 @@ pub struct State {
     pub leases: Vec<LeaseRequest>,
     pub heartbeats: Vec<HeartbeatRequest>,
     pub completes: Vec<CompleteRequest>,
+    /// The `traceparent` each Complete carried, by job.
+    pub complete_traceparents: HashMap<String, String>,
     pub fails: Vec<FailRequest>,
     pub releases: Vec<ReleaseRequest>,
     /// Every call in order: "lease", "heartbeat:<job>", "complete:<job>", ...
@@ -204,9 +206,18 @@ impl WorkerService for Svc {
         &self,
         request: Request<CompleteRequest>,
     ) -> Result<Response<CompleteResponse>, Status> {
+        let traceparent = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let r = request.into_inner();
         self.update(|s| {
             s.log.push(format!("complete:{}", r.job_id));
+            if let Some(traceparent) = traceparent {
+                s.complete_traceparents
+                    .insert(r.job_id.clone(), traceparent);
+            }
             if s.unavailable_completes > 0 {
                 s.unavailable_completes -= 1;
                 return Err(Status::unavailable("try again"));
