@@ -15,6 +15,8 @@
 //! - [`ServerProcess`] and [`WorkerProcess`]: the `jobctl-server` binary and
 //!   the `jobctl-test-worker` binary (built on the worker SDK) as child
 //!   processes, for tests that kill them with SIGKILL.
+//! - [`OtlpReceiver`]: an OTLP/gRPC trace receiver that keeps the spans a
+//!   server or worker process exports to it.
 //! - [`eventually`] and [`holds_for`]: poll a condition until it is met (or
 //!   for as long as it must keep holding) instead of sleeping.
 //! - [`Snapshot`]: every Redis key with its type and value, to prove that a
@@ -25,6 +27,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod otlp;
 pub mod panics;
 pub mod process;
 pub mod redis_server;
@@ -35,6 +38,7 @@ pub mod wait;
 
 pub use api::*;
 pub use backend::{Backend, BackendKind};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use panics::{assert_no_panics, count_panics};
 pub use process::{ServerProcess, WorkerProcess, server_binary};
 pub use redis_server::{RedisOptions, RedisServer};

@@ -131,6 +131,18 @@ impl WorkerProcess {
         queue: &str,
         concurrency: u32,
     ) -> Self {
+        Self::spawn_with_env(binary, endpoint, worker_id, queue, concurrency, &[])
+    }
+
+    /// Like [`WorkerProcess::spawn`], with extra environment.
+    pub fn spawn_with_env(
+        binary: &str,
+        endpoint: &str,
+        worker_id: &str,
+        queue: &str,
+        concurrency: u32,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut child = Command::new(binary)
             .args(["--endpoint", endpoint])
             .args(["--worker-id", worker_id])
@@ -141,6 +153,7 @@ impl WorkerProcess {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

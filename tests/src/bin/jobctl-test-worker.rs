@@ -12,6 +12,8 @@
 //! - `fail` `{"fatal": false, "message": "..."}`: fails, for retry or for good.
 //! - `echo`: returns the payload.
 //!
+//! Spans go over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//!
 //! Usage: `jobctl-test-worker --endpoint http://127.0.0.1:50051 --worker-id w1
 //! --queue q [--concurrency 4]`.
 
@@ -39,13 +41,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Logs on stderr; spans exported when the OTEL_* variables say so.
+    let telemetry = jobctl_worker::telemetry::init_from_env("jobctl-test-worker")?;
     let args = Args::parse();
     let worker_id = args.worker_id.clone();
     let sleep_id = worker_id.clone();
@@ -71,6 +68,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     println!("worker {worker_id} ready");
     worker.run_until_signal().await?;
+    telemetry.shutdown().await;
     Ok(())
 }
 

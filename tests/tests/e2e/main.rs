@@ -16,3 +16,4 @@ mod availability;
 mod conformance;
 mod invariants;
 mod performance;
+mod telemetry;
