@@ -7,10 +7,10 @@
 #   ./scripts/test.sh <filter>   the same, with the tests narrowed to <filter>
 #                                (passed to cargo nextest / cargo test)
 #
-# Needs: redis-server and libfaketime (installed with apt-get when run as root
-# on Debian/Ubuntu), Node's npx for buf, python3 with venv for the Helm chart
-# check, and cargo-nextest (installed if missing; otherwise falls back to
-# cargo test).
+# Needs: redis-server, libfaketime and python3 with venv (installed with
+# apt-get when run as root on Debian/Ubuntu), Node's npx for buf, PyPI for the
+# Helm chart check's and the Python client test's packages, and cargo-nextest
+# (installed if missing; otherwise falls back to cargo test).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -46,6 +46,8 @@ have_libfaketime || missing+=(faketime)
 # The export example's page is tested in a real headless browser.
 command -v "${CHROMIUM:-chromium}" >/dev/null || missing+=(chromium)
 command -v "${CHROMEDRIVER:-chromedriver}" >/dev/null || missing+=(chromium-driver)
+# The Python client test runs in a venv (ensurepip comes with python3-venv).
+"${PYTHON:-python3}" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3 python3-venv)
 
 if ((${#missing[@]})); then
     if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
@@ -109,6 +111,29 @@ check "cargo build --workspace --bins" cargo build --workspace --bins
 # its Python packages into a cached venv).
 check "helm lint" ./scripts/helm-check.sh \
     --server-bin "${CARGO_TARGET_DIR:-target}/debug/jobctl-server"
+
+# A client and a worker in Python, generated from proto/ at test time, against
+# the jobctl-server binary just built (found through CARGO_TARGET_DIR). The
+# venv is cached and rebuilt when tests/python/requirements.txt changes.
+python_client() {
+    local venv="${XDG_CACHE_HOME:-$HOME/.cache}/jobctl-pyenv"
+    local pins=tests/python/requirements.txt
+    if ! cmp -s "$pins" "$venv/requirements.txt"; then
+        rm -rf "$venv"
+        "${PYTHON:-python3}" -m venv "$venv" \
+            && "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$pins" \
+            && cp "$pins" "$venv/requirements.txt" \
+            || { echo "could not set up the Python venv in $venv" >&2; return 1; }
+    fi
+    local code=0
+    (cd tests/python && "$venv/bin/python" -m pytest -p no:cacheprovider -q) || code=$?
+    # Exit code 5 means pytest collected no tests: a broken setup, not a pass.
+    if ((code == 5)); then
+        echo "pytest found no tests in tests/python" >&2
+    fi
+    return "$code"
+}
+check "python client (pytest tests/python)" python_client
 
 # The end-to-end tests mostly wait on timers and processes, not the CPU, so
 # they run several per core (JOBCTL_TEST_THREADS to change).
