@@ -30,10 +30,15 @@ pub const SERVICE_NAME: &str = "jobctl-server";
 /// The request id metadata key: kept with the job, echoed on Submit.
 pub const REQUEST_ID: &str = "x-request-id";
 
-/// Which spans go to OpenTelemetry: jobctl's own, at INFO and above. The
-/// transport crates are left out, so that exporting a span never makes new
-/// ones (and their debug spans would drown the traces).
-const EXPORT_FILTER: &str = "info,h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off";
+/// The target of the RPC spans. They are DEBUG spans, so that with the
+/// default log filter (`info`) and no export they are never even created:
+/// log lines name their job themselves (`job_id = ...`).
+pub const RPC_TARGET: &str = "jobctl::rpc";
+
+/// Which spans go to OpenTelemetry: the RPC spans and everything at INFO
+/// and above, but nothing of the transport crates, so that exporting a span
+/// never makes new ones (and their debug spans would drown the traces).
+const EXPORT_FILTER: &str = "info,jobctl::rpc=debug,h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off";
 
 /// Why telemetry could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -172,27 +177,40 @@ impl Telemetry {
 /// `export` is [`Export::Otlp`]. Must be called inside a Tokio runtime.
 pub fn init(format: LogFormat, export: Export) -> Result<Telemetry, Error> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let provider = match export {
+        Export::Off => {
+            // Just the log lines, filtered globally: what is not logged is
+            // never even made.
+            let fmt = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr);
+            match format {
+                LogFormat::Text => fmt.finish().try_init()?,
+                LogFormat::Json => fmt.json().finish().try_init()?,
+            }
+            return Ok(Telemetry { provider: None });
+        }
+        Export::Otlp => otlp_provider(SERVICE_NAME)?,
+    };
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = match format {
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => fmt.json().boxed(),
     }
     .with_filter(filter);
-    let provider = match export {
-        Export::Off => None,
-        Export::Otlp => Some(otlp_provider(SERVICE_NAME)?),
-    };
-    let otel = provider.as_ref().map(|provider| {
+    let otel = {
         use opentelemetry::trace::TracerProvider as _;
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("jobctl-server"))
             .with_filter(EnvFilter::new(EXPORT_FILTER))
-    });
+    };
     tracing_subscriber::registry()
         .with(fmt)
         .with(otel)
         .try_init()?;
-    Ok(Telemetry { provider })
+    Ok(Telemetry {
+        provider: Some(provider),
+    })
 }
 
 /// gRPC metadata (HTTP/2 headers) as a carrier of W3C trace context.
@@ -211,7 +229,8 @@ impl Extractor for Headers<'_> {
 /// The span of one jobctl RPC (`tonic`'s `trace_fn`): named after the
 /// method, a child of the caller's `traceparent` when it sent one, with
 /// `job_id` for the handler to record and the caller's `x-request-id`.
-/// Other services (health, reflection) get no span.
+/// Other services (health, reflection) get no span. A DEBUG span of target
+/// [`RPC_TARGET`]: only made when exported or logged.
 pub fn rpc_span(request: &http::Request<()>) -> Span {
     let method = request.uri().path().trim_start_matches('/');
     if !method.starts_with("jobctl.") {
@@ -221,13 +240,17 @@ pub fn rpc_span(request: &http::Request<()>) -> Span {
         .headers()
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok());
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
+        target: RPC_TARGET,
         "rpc",
         otel.name = method,
         otel.kind = "server",
         job_id = tracing::field::Empty,
         request_id,
     );
+    if span.is_disabled() {
+        return span;
+    }
     let parent = TraceContextPropagator::new().extract(&Headers(request.headers()));
     if parent.span().span_context().is_valid() {
         // Fails only without an OpenTelemetry layer, when there is nothing

@@ -97,7 +97,8 @@ impl WorkerService for WorkerApi {
                 for job in &jobs {
                     // One short span per job handed out, linked to the
                     // trace of the job's submitter.
-                    let span = tracing::info_span!(
+                    let span = tracing::debug_span!(
+                        target: telemetry::RPC_TARGET,
                         "lease",
                         otel.name = "jobctl lease",
                         job_id = %job.job_id,

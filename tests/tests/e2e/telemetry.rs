@@ -234,3 +234,71 @@ async fn submit_echoes_the_callers_request_id_and_keeps_the_trace_context() {
         Some("req-43")
     );
 }
+
+/// Not a test but a measurement (run by hand, it asserts nothing): the
+/// server's CPU time per Submit with export off and on, from
+/// `/proc/<pid>/stat`, which a busy machine skews less than wall time.
+/// `JOBCTL_BASELINE_SERVER_BIN` adds another build (say, main's) to compare.
+///
+/// `cargo nextest run -p jobctl-tests --run-ignored only -E 'test(submit_cpu_cost)' --no-capture`
+#[tokio::test]
+#[ignore = "a measurement, run by hand"]
+async fn submit_cpu_cost_with_and_without_export() {
+    const SUBMITS: usize = 3000;
+    let redis = RedisServer::start().await;
+    let receiver = OtlpReceiver::start().await;
+    let exporting = receiver.env("jobctl-server-measured");
+    let baseline = std::env::var("JOBCTL_BASELINE_SERVER_BIN")
+        .ok()
+        .map(|bin| format!("exec {bin} \"$@\""));
+    // (name, wrapper command, environment)
+    type Run<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>);
+    let mut runs: Vec<Run> = vec![
+        ("export off", vec![], vec![]),
+        ("exporting", vec![], env(&exporting)),
+    ];
+    if let Some(exec) = &baseline {
+        runs.insert(
+            0,
+            ("baseline binary", vec!["sh", "-c", exec.as_str()], vec![]),
+        );
+    }
+    for round in 1..=3 {
+        for (name, wrapper, env) in &runs {
+            let server = ServerProcess::start_wrapped(wrapper, env, &redis.url(), &[]).await;
+            let pid = server.pid().expect("running");
+            let cpu_seconds = || {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+                let fields: Vec<&str> = stat
+                    .rsplit_once(')')
+                    .map(|(_, rest)| rest.split_whitespace().collect())
+                    .unwrap_or_default();
+                let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+                (ticks(11).unwrap_or(0.0) + ticks(12).unwrap_or(0.0)) / 100.0
+            };
+            let client = jobctl_proto::v1::job_service_client::JobServiceClient::connect(
+                server.endpoint.clone(),
+            )
+            .await
+            .expect("connect");
+            let before = cpu_seconds();
+            let start = std::time::Instant::now();
+            for i in 0..SUBMITS {
+                let mut client = client.clone();
+                let traceparent = format!("00-{TRACE_ID}-{i:016x}-01");
+                client
+                    .submit(with_metadata(
+                        submit_request("measure", "k", b"x".to_vec()),
+                        &[("traceparent", &traceparent)],
+                    ))
+                    .await
+                    .expect("submit");
+            }
+            let wall = start.elapsed().as_secs_f64() * 1e6 / SUBMITS as f64;
+            let cpu = (cpu_seconds() - before) * 1e6 / SUBMITS as f64;
+            println!(
+                "round {round} {name:16} server cpu {cpu:5.0} us/submit, wall {wall:5.0} us/submit"
+            );
+        }
+    }
+}
