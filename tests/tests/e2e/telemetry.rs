@@ -141,6 +141,22 @@ async fn the_worker_span_continues_the_submitters_trace() {
         Some(job_id.as_str())
     );
 
+    // The lease of the job is a span of the worker's Lease call, linked to
+    // the submitter's span.
+    let lease_span = span(&receiver, "the server's span of the job's lease", |s| {
+        s.span.name == "jobctl lease" && s.attribute("job_id").as_deref() == Some(&job_id)
+    })
+    .await;
+    assert_eq!(lease_span.attribute("attempt").as_deref(), Some("1"));
+    assert!(
+        lease_span.span.links.iter().any(|l| {
+            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+            hex(&l.trace_id) == TRACE_ID && hex(&l.span_id) == SUBMITTER_SPAN
+        }),
+        "{:?}",
+        lease_span.span.links
+    );
+
     // GetStatus spans name the job too (the polling above made some).
     let status_span = span(&receiver, "a GetStatus span", |s| {
         s.span.name == "jobctl.v1.JobService/GetStatus"
