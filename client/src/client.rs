@@ -6,8 +6,9 @@ use jobctl_proto::v1::{
     self as pb, JobState, admin_service_client::AdminServiceClient,
     job_service_client::JobServiceClient,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
+use crate::connect::{AuthChannel, ConnectOptions, Credentials};
 use crate::error::{Error, Result};
 use crate::options::SubmitOptions;
 use crate::watch::{ReconnectPolicy, Watch, is_terminal_state};
@@ -24,6 +25,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct Client {
     channel: Channel,
+    credentials: Credentials,
 }
 
 /// The answer to a submit.
@@ -41,27 +43,61 @@ impl Client {
     /// Connects to `endpoint` (such as `http://127.0.0.1:50051`) and fails at
     /// once if the server cannot be reached.
     pub async fn connect(endpoint: impl Into<String>) -> Result<Client> {
+        Self::connect_with(endpoint, ConnectOptions::new()).await
+    }
+
+    /// Connects with credentials or TLS settings, such as
+    /// `ConnectOptions::new().bearer_token(token)`; fails at once if the
+    /// server cannot be reached.
+    pub async fn connect_with(
+        endpoint: impl Into<String>,
+        options: ConnectOptions,
+    ) -> Result<Client> {
         let endpoint = endpoint.into();
-        let channel = parse_endpoint(&endpoint)?
+        let (configured, credentials) = options.apply(&endpoint)?;
+        let channel = configured
             .connect()
             .await
             .map_err(|source| Error::Transport { endpoint, source })?;
-        Ok(Client { channel })
+        Ok(Client {
+            channel,
+            credentials,
+        })
     }
 
     /// A client that connects on its first call (and reconnects as needed);
     /// fails only when `endpoint` is not a valid address.
     pub fn connect_lazy(endpoint: impl Into<String>) -> Result<Client> {
+        Self::connect_lazy_with(endpoint, ConnectOptions::new())
+    }
+
+    /// [`connect_lazy`](Self::connect_lazy) with credentials or TLS settings.
+    pub fn connect_lazy_with(
+        endpoint: impl Into<String>,
+        options: ConnectOptions,
+    ) -> Result<Client> {
         let endpoint = endpoint.into();
+        let (configured, credentials) = options.apply(&endpoint)?;
         Ok(Client {
-            channel: parse_endpoint(&endpoint)?.connect_lazy(),
+            channel: configured.connect_lazy(),
+            credentials,
         })
     }
 
     /// A client over a channel configured by the caller (TLS, timeouts,
     /// load balancing, interceptors in front of it, ...).
     pub fn from_channel(channel: Channel) -> Client {
-        Client { channel }
+        Client {
+            channel,
+            credentials: Credentials::none(),
+        }
+    }
+
+    /// The same connection, calling with `credentials` (for example
+    /// [`Credentials::bearer`]).
+    pub fn with_credentials(mut self, credentials: Credentials) -> Client {
+        self.credentials = credentials;
+        self
     }
 
     /// The underlying channel.
@@ -69,15 +105,19 @@ impl Client {
         &self.channel
     }
 
-    /// The generated `JobService` client on this client's connection, for
-    /// calls this type does not wrap.
-    pub fn job_service(&self) -> JobServiceClient<Channel> {
-        JobServiceClient::new(self.channel.clone())
+    fn transport(&self) -> AuthChannel {
+        AuthChannel::new(self.channel.clone(), self.credentials.clone())
+    }
+
+    /// The generated `JobService` client on this client's connection (with
+    /// its credentials), for calls this type does not wrap.
+    pub fn job_service(&self) -> JobServiceClient<AuthChannel> {
+        JobServiceClient::new(self.transport())
     }
 
     /// The generated `AdminService` client on this client's connection.
-    pub fn admin_service(&self) -> AdminServiceClient<Channel> {
-        AdminServiceClient::new(self.channel.clone())
+    pub fn admin_service(&self) -> AdminServiceClient<AuthChannel> {
+        AdminServiceClient::new(self.transport())
     }
 
     /// Enqueues a job and returns its id at once.
@@ -198,15 +238,6 @@ impl Client {
         }
         Watch::start(self.job_service(), job_id, after_seq, policy).await
     }
-}
-
-fn parse_endpoint(endpoint: &str) -> Result<Endpoint> {
-    Endpoint::from_shared(endpoint.to_owned())
-        .map(|e| e.connect_timeout(DEFAULT_CONNECT_TIMEOUT))
-        .map_err(|source| Error::InvalidEndpoint {
-            endpoint: endpoint.to_owned(),
-            source,
-        })
 }
 
 #[cfg(test)]

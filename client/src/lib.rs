@@ -2,6 +2,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod client;
+mod connect;
 mod error;
 #[cfg(test)]
 mod fake_server;
@@ -9,6 +10,7 @@ mod options;
 mod watch;
 
 pub use client::{Client, DEFAULT_CONNECT_TIMEOUT, Submitted};
+pub use connect::{AuthChannel, ConnectOptions, Credentials};
 pub use error::{Error, Result};
 pub use options::{RetryPolicy, SubmitOptions};
 pub use watch::{ReconnectPolicy, Watch, is_terminal, is_terminal_state};

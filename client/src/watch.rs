@@ -12,12 +12,12 @@
 
 use std::time::{Duration, Instant};
 
+use crate::connect::AuthChannel;
 use futures::stream::{BoxStream, StreamExt as _};
 use jobctl_proto::v1::{
     EventKind, JobEvent, JobState, WatchProgressRequest, WatchProgressResponse,
     job_service_client::JobServiceClient,
 };
-use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 use crate::error::{Error, Result};
@@ -225,7 +225,7 @@ fn random_fraction() -> f64 {
 /// behind (sequence numbers then skip), but state changes never are.
 #[derive(Debug)]
 pub struct Watch {
-    service: JobServiceClient<Channel>,
+    service: JobServiceClient<AuthChannel>,
     job_id: String,
     cursor: Cursor,
     backoff: Backoff,
@@ -242,7 +242,7 @@ impl Watch {
     /// server is unavailable), so an unknown job or a resume point that is no
     /// longer kept fails here rather than at the first `next`.
     pub(crate) async fn start(
-        service: JobServiceClient<Channel>,
+        service: JobServiceClient<AuthChannel>,
         job_id: &str,
         after_seq: u64,
         policy: ReconnectPolicy,
@@ -263,7 +263,11 @@ impl Watch {
 
     /// A watch that has nothing to deliver (the job ended at or before the
     /// starting `after_seq`).
-    pub(crate) fn ended(service: JobServiceClient<Channel>, job_id: &str, after_seq: u64) -> Self {
+    pub(crate) fn ended(
+        service: JobServiceClient<AuthChannel>,
+        job_id: &str,
+        after_seq: u64,
+    ) -> Self {
         Watch {
             service,
             job_id: job_id.to_owned(),

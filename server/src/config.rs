@@ -1,6 +1,7 @@
 //! Server configuration: flags with `JOBCTL_*` environment variables.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -26,6 +27,9 @@ pub struct Config {
     #[arg(long, env = "JOBCTL_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    #[command(flatten)]
+    pub redis_tls: RedisTls,
+
     /// Prefix of every Redis key and channel, so several deployments can share one Redis.
     #[arg(long, env = "JOBCTL_KEY_PREFIX", default_value = "jobctl")]
     pub key_prefix: String,
@@ -39,6 +43,15 @@ pub struct Config {
 
     #[command(flatten)]
     pub limits: Limits,
+
+    #[command(flatten)]
+    pub auth: AuthConfig,
+
+    #[command(flatten)]
+    pub tls: TlsConfig,
+
+    #[command(flatten)]
+    pub transport: Transport,
 
     /// How often each replica promotes due jobs, reaps expired leases and
     /// deletes finished jobs past their retention.
@@ -181,6 +194,238 @@ pub struct Limits {
     /// Events kept per job (older ones are trimmed).
     #[arg(long, env = "JOBCTL_EVENT_HISTORY_MAX", default_value_t = 10_000)]
     pub event_history_max: u32,
+}
+
+/// TLS to Redis (`rediss://` URLs).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct RedisTls {
+    /// PEM CA certificate(s) to verify a `rediss://` server with, instead of
+    /// the system's roots.
+    #[arg(long, env = "JOBCTL_REDIS_CA_CERT", value_name = "PEM_FILE")]
+    pub redis_ca_cert: Option<PathBuf>,
+
+    /// PEM client certificate for Redis servers that require one
+    /// (`tls-auth-clients yes`); needs --redis-client-key.
+    #[arg(
+        long,
+        env = "JOBCTL_REDIS_CLIENT_CERT",
+        value_name = "PEM_FILE",
+        requires = "redis_client_key"
+    )]
+    pub redis_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-client-cert.
+    #[arg(
+        long,
+        env = "JOBCTL_REDIS_CLIENT_KEY",
+        value_name = "PEM_FILE",
+        requires = "redis_client_cert"
+    )]
+    pub redis_client_key: Option<PathBuf>,
+}
+
+/// A way callers authenticate.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// Authentication off: every caller is in the `default` namespace with
+    /// every role.
+    None,
+    /// `authorization: Bearer <key>` with a key from --api-keys-file.
+    ApiKey,
+    /// `authorization: Bearer <JWT>` verified with the --jwt-* settings.
+    Jwt,
+    /// A client certificate signed by --tls-client-ca.
+    Mtls,
+}
+
+/// Where a client certificate's namespace comes from.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertNamespaceFrom {
+    /// The subject's common name (CN).
+    Cn,
+    /// The first DNS subject alternative name.
+    San,
+}
+
+/// Who may call: see the README's "Security" section.
+#[derive(clap::Args, Clone, Debug)]
+pub struct AuthConfig {
+    /// How callers authenticate, comma-separated (api-key,jwt,mtls), or
+    /// `none`. Unset: the methods whose settings are given (--api-keys-file,
+    /// --jwt-*, --tls-client-ca), or none at all.
+    #[arg(long, env = "JOBCTL_AUTH", value_enum, value_delimiter = ',')]
+    pub auth: Vec<AuthMethod>,
+
+    /// API keys: one `<key or sha256:hex> <namespace> <roles> [name]` per line.
+    #[arg(long, env = "JOBCTL_API_KEYS_FILE", value_name = "FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// JWT: the HS256 shared secret (at least 32 bytes).
+    #[arg(long, env = "JOBCTL_JWT_HS256_SECRET_FILE", value_name = "FILE")]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+
+    /// JWT: a PEM public key (RSA for RS256, EC P-256 for ES256, Ed25519).
+    #[arg(long, env = "JOBCTL_JWT_PUBLIC_KEY_FILE", value_name = "PEM_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// JWT: a JSON Web Key Set file; a token's `kid` picks the key.
+    #[arg(long, env = "JOBCTL_JWT_JWKS_FILE", value_name = "FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+
+    /// JWT: the required `aud`.
+    #[arg(long, env = "JOBCTL_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// JWT: the required `iss`.
+    #[arg(long, env = "JOBCTL_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// JWT: the claim that holds the caller's namespace.
+    #[arg(long, env = "JOBCTL_JWT_NAMESPACE_CLAIM", default_value = "namespace")]
+    pub jwt_namespace_claim: String,
+
+    /// JWT: the claim that holds the caller's roles (an array, or a string
+    /// separated by spaces or commas).
+    #[arg(long, env = "JOBCTL_JWT_ROLES_CLAIM", default_value = "roles")]
+    pub jwt_roles_claim: String,
+
+    /// JWT: clock skew allowed when checking `exp` and `nbf`.
+    #[arg(long, env = "JOBCTL_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// mTLS: where a client certificate's namespace comes from.
+    #[arg(long, env = "JOBCTL_MTLS_NAMESPACE_FROM", value_enum, default_value_t = CertNamespaceFrom::Cn)]
+    pub mtls_namespace_from: CertNamespaceFrom,
+
+    /// mTLS: roles of a certificate whose subject names none in an OU
+    /// (`OU=worker`); comma-separated, empty for none.
+    #[arg(long, env = "JOBCTL_MTLS_DEFAULT_ROLES", default_value = "")]
+    pub mtls_default_roles: String,
+}
+
+impl AuthConfig {
+    /// The methods that are on. `tls_client_ca`: whether client
+    /// certificates are verified.
+    pub fn methods(&self, tls_client_ca: bool) -> Result<Vec<AuthMethod>, crate::auth::Error> {
+        if self.auth.contains(&AuthMethod::None) {
+            if self.auth.len() > 1 {
+                return Err(crate::auth::Error::Config(
+                    "--auth none cannot be combined with other methods".into(),
+                ));
+            }
+            return Ok(Vec::new());
+        }
+        if !self.auth.is_empty() {
+            let mut methods = self.auth.clone();
+            methods.dedup();
+            return Ok(methods);
+        }
+        let mut methods = Vec::new();
+        if self.api_keys_file.is_some() {
+            methods.push(AuthMethod::ApiKey);
+        }
+        if self.jwt_hs256_secret_file.is_some()
+            || self.jwt_public_key_file.is_some()
+            || self.jwt_jwks_file.is_some()
+        {
+            methods.push(AuthMethod::Jwt);
+        }
+        if tls_client_ca {
+            methods.push(AuthMethod::Mtls);
+        }
+        Ok(methods)
+    }
+}
+
+/// TLS on the gRPC port.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the gRPC port; with --tls-key, the port
+    /// speaks TLS only.
+    #[arg(
+        long,
+        env = "JOBCTL_TLS_CERT",
+        value_name = "PEM_FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "JOBCTL_TLS_KEY",
+        value_name = "PEM_FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s) that sign client certificates (mTLS). A
+    /// client certificate is then required, unless API keys or JWTs are on
+    /// too.
+    #[arg(
+        long,
+        env = "JOBCTL_TLS_CLIENT_CA",
+        value_name = "PEM_FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Longest a TLS handshake may take.
+    #[arg(long, env = "JOBCTL_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_handshake_timeout: Duration,
+}
+
+/// Limits of the gRPC transport, which protect the server before a request
+/// reaches a handler.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Transport {
+    /// Largest request message. Default: the largest of the payload, result
+    /// and checkpoint limits plus 256 KiB for the other fields.
+    #[arg(long, env = "JOBCTL_MAX_DECODING_MESSAGE_BYTES")]
+    pub max_decoding_message_bytes: Option<usize>,
+
+    /// Largest response message. Default: unlimited (a response holds whole
+    /// jobs, bounded by the payload, result and checkpoint limits times the
+    /// Lease batch or ListFailed page size).
+    #[arg(long, env = "JOBCTL_MAX_ENCODING_MESSAGE_BYTES")]
+    pub max_encoding_message_bytes: Option<usize>,
+
+    /// Most concurrent HTTP/2 streams (calls, watches included) on one
+    /// connection.
+    #[arg(long, env = "JOBCTL_MAX_CONCURRENT_STREAMS", default_value_t = 1000)]
+    pub max_concurrent_streams: u32,
+
+    /// Most calls of one connection being handled at once (a stream counts
+    /// until its first message); 0 for no limit.
+    #[arg(
+        long,
+        env = "JOBCTL_MAX_CONCURRENT_CALLS_PER_CONNECTION",
+        default_value_t = 512
+    )]
+    pub max_concurrent_calls_per_connection: usize,
+
+    /// Most calls being handled at once by this process; calls beyond it are
+    /// refused at once with UNAVAILABLE (load shedding). 0 for no limit.
+    #[arg(long, env = "JOBCTL_MAX_CONCURRENT_REQUESTS", default_value_t = 4096)]
+    pub max_concurrent_requests: usize,
+
+    /// Longest time a call may take to answer (a stream: to start); longer
+    /// than --max-lease-wait. A client's shorter grpc-timeout wins.
+    #[arg(long, env = "JOBCTL_REQUEST_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// How long an HTTP/2 keep-alive ping may go unanswered before the
+    /// connection is closed.
+    #[arg(long, env = "JOBCTL_HTTP2_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_timeout: Duration,
+
+    /// TCP keep-alive probe interval of accepted connections.
+    #[arg(long, env = "JOBCTL_TCP_KEEPALIVE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub tcp_keepalive: Duration,
+
+    /// Largest header block (metadata) of one call.
+    #[arg(long, env = "JOBCTL_MAX_HEADER_LIST_BYTES", default_value_t = 64 << 10)]
+    pub max_header_list_bytes: u32,
 }
 
 impl Config {

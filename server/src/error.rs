@@ -47,6 +47,17 @@ pub enum Error {
     #[error("corrupt record: {0}")]
     Corrupt(String),
 
+    /// The call carries no verified identity.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(&'static str),
+
+    /// The caller's roles do not allow the call.
+    #[error("{subject} may not call this: it needs the {role} role")]
+    PermissionDenied {
+        subject: String,
+        role: crate::auth::Role,
+    },
+
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -100,6 +111,8 @@ impl From<Error> for Status {
                 tracing::error!(error = %message, "corrupt record");
                 Status::internal(message)
             }
+            Error::Unauthenticated(_) => Status::unauthenticated(message),
+            Error::PermissionDenied { .. } => Status::permission_denied(message),
             Error::ShuttingDown => Status::unavailable(message),
             Error::Startup(_) => Status::internal(message),
         }

@@ -5,6 +5,7 @@
 //! See ARCHITECTURE.md at the top of the repository for the map.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod health;
@@ -28,13 +29,15 @@ use jobctl_proto::v1::admin_service_server::AdminServiceServer;
 use jobctl_proto::v1::job_service_server::JobServiceServer;
 use jobctl_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity as TlsIdentity, ServerTlsConfig};
 
 pub use config::Config;
 pub use error::Error;
 
 use crate::api::{AdminApi, JobApi, Shared, WorkerApi};
+use crate::auth::{AuthLayer, Authenticator};
 use crate::model::Validator;
 use crate::signals::Signals;
 use crate::store::{MemoryStore, RedisStore, Store, StoreOptions};
@@ -75,6 +78,107 @@ where
     ::http::Response::from_parts(parts, body.map_frame(in_trailers as FrameMap))
 }
 
+/// Load shedding's refusal, as a status a client may retry.
+fn overloaded_is_unavailable(
+    result: Result<::http::Response<tonic::body::Body>, tower::BoxError>,
+) -> Result<::http::Response<tonic::body::Body>, tower::BoxError> {
+    match result {
+        Err(e) if e.is::<tower::load_shed::error::Overloaded>() => Ok(tonic::Status::unavailable(
+            "the server is at --max-concurrent-requests; retry with backoff",
+        )
+        .into_http()),
+        other => other,
+    }
+}
+
+fn read_file(what: &str, path: &std::path::Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| Error::Startup(format!("cannot read {what} {path:?}: {e}")))
+}
+
+/// TLS of the gRPC port, from `--tls-cert`, `--tls-key` and
+/// `--tls-client-ca`.
+fn server_tls(config: &Config) -> Result<Option<ServerTlsConfig>, Error> {
+    let tls = &config.tls;
+    let (Some(cert), Some(key)) = (&tls.tls_cert, &tls.tls_key) else {
+        if tls.tls_client_ca.is_some() {
+            return Err(Error::Startup(
+                "--tls-client-ca needs --tls-cert and --tls-key".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let identity =
+        TlsIdentity::from_pem(read_file("--tls-cert", cert)?, read_file("--tls-key", key)?);
+    let mut server = ServerTlsConfig::new()
+        .identity(identity)
+        .timeout(tls.tls_handshake_timeout);
+    if let Some(ca) = &tls.tls_client_ca {
+        // With tokens on too, a caller may come without a certificate and
+        // authenticate with its token instead.
+        let tokens = config
+            .auth
+            .methods(true)
+            .map_err(|e| Error::Startup(format!("authentication: {e}")))?
+            .iter()
+            .any(|m| matches!(m, config::AuthMethod::ApiKey | config::AuthMethod::Jwt));
+        server = server
+            .client_ca_root(Certificate::from_pem(read_file("--tls-client-ca", ca)?))
+            .client_auth_optional(tokens);
+    }
+    Ok(Some(server))
+}
+
+/// The certificates of a `rediss://` connection.
+fn redis_tls(config: &Config) -> Result<Option<redis::TlsCertificates>, Error> {
+    let t = &config.redis_tls;
+    if t.redis_ca_cert.is_none() && t.redis_client_cert.is_none() {
+        return Ok(None);
+    }
+    let client_tls = match (&t.redis_client_cert, &t.redis_client_key) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read_file("--redis-client-cert", cert)?,
+            client_key: read_file("--redis-client-key", key)?,
+        }),
+        _ => None,
+    };
+    let root_cert = match &t.redis_ca_cert {
+        Some(path) => Some(read_file("--redis-ca-cert", path)?),
+        None => None,
+    };
+    Ok(Some(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
+/// Says at start-up who may call, and how.
+fn log_security(config: &Config, auth: &Authenticator, tls: bool) {
+    if auth.is_on() {
+        tracing::info!(
+            methods = %auth.methods().join(","),
+            tls,
+            "authentication is on: callers need credentials; namespaces and roles come from them"
+        );
+    } else {
+        tracing::warn!(
+            tls,
+            "authentication is off: every caller is in the \"default\" namespace with every role (set --auth or JOBCTL_AUTH to turn it on)"
+        );
+    }
+    if !tls && auth.accepts_bearer_tokens() {
+        tracing::warn!(
+            "bearer tokens travel in the clear: the gRPC port has no TLS (set --tls-cert and --tls-key, or terminate TLS in front)"
+        );
+    }
+    if config
+        .redis_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("redis://"))
+    {
+        tracing::debug!("redis connection is not encrypted (use rediss:// for TLS)");
+    }
+}
+
 /// Serves jobctl on `listener` until `shutdown` resolves, then stops
 /// accepting, ends long polls, lets in-flight calls finish (for at most
 /// `config.shutdown_grace`) and returns. State lives in Redis when
@@ -101,8 +205,23 @@ pub async fn serve_with(
         event_cap: config.limits.event_history_max,
         idempotency_ttl: config.defaults.idempotency_ttl,
     };
+    // Only ring is compiled in; installing it makes that explicit for every
+    // rustls user (the gRPC port, rediss://).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = server_tls(&config)?;
+    let authenticator = Arc::new(
+        Authenticator::from_config(&config.auth, config.tls.tls_client_ca.is_some())
+            .map_err(|e| Error::Startup(format!("authentication: {e}")))?,
+    );
+    log_security(&config, &authenticator, tls.is_some());
+    if config.transport.request_timeout <= config.limits.max_lease_wait {
+        return Err(Error::Startup(format!(
+            "--request-timeout ({:?}) must be longer than --max-lease-wait ({:?})",
+            config.transport.request_timeout, config.limits.max_lease_wait
+        )));
+    }
     let store: Arc<dyn Store> = match &config.redis_url {
-        Some(url) => Arc::new(RedisStore::new(url, options)?),
+        Some(url) => Arc::new(RedisStore::with_tls(url, redis_tls(&config)?, options)?),
         None => Arc::new(MemoryStore::new(options, signals.clone())),
     };
     let stopping = CancellationToken::new();
@@ -160,41 +279,82 @@ pub async fn serve_with(
     });
     // Requests above the largest payload a limit allows, plus headroom for
     // the other fields, are refused by the transport.
-    let max_message = [
-        config.limits.max_payload_bytes,
-        config.limits.max_result_bytes,
-        config.limits.max_checkpoint_bytes,
-    ]
-    .into_iter()
-    .max()
-    .unwrap_or(0)
-        + (256 << 10);
-    let server = tonic::transport::Server::builder()
+    let max_message = config
+        .transport
+        .max_decoding_message_bytes
+        .unwrap_or_else(|| {
+            [
+                config.limits.max_payload_bytes,
+                config.limits.max_result_bytes,
+                config.limits.max_checkpoint_bytes,
+            ]
+            .into_iter()
+            .max()
+            .unwrap_or(0)
+                + (256 << 10)
+        });
+    let max_response = config
+        .transport
+        .max_encoding_message_bytes
+        .unwrap_or(usize::MAX);
+    let transport = &config.transport;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| Error::Startup(format!("tls: {e}")))?;
+    }
+    let per_connection = match transport.max_concurrent_calls_per_connection {
+        0 => usize::MAX >> 4,
+        n => n,
+    };
+    let global_limit = match transport.max_concurrent_requests {
+        0 => tokio::sync::Semaphore::MAX_PERMITS,
+        n => n,
+    };
+    let server = builder
         .accept_http1(true)
         .http2_keepalive_interval(Some(config.http2_keepalive))
         // One span per jobctl call, continuing the caller's trace.
         .trace_fn(telemetry::rpc_span)
+        .http2_keepalive_timeout(Some(transport.http2_keepalive_timeout))
+        .max_concurrent_streams(Some(transport.max_concurrent_streams))
+        .concurrency_limit_per_connection(per_connection)
+        .timeout(transport.request_timeout)
+        .http2_max_header_list_size(Some(transport.max_header_list_bytes))
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_resource_exhausted,
         ))
         // gRPC-Web (HTTP/1.1 and browsers) on the same port.
         .layer(tonic_web::GrpcWebLayer::new())
+        // Load shedding: beyond the process's limit, refuse at once.
+        .layer(tower::util::MapResultLayer::new(overloaded_is_unavailable))
+        .layer(tower::load_shed::LoadShedLayer::new())
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(global_limit))
+        // Authenticate once per call, before its body is read.
+        .layer(AuthLayer::new(authenticator))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            JobServiceServer::new(JobApi(shared.clone())).max_decoding_message_size(max_message),
+            JobServiceServer::new(JobApi(shared.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_response),
         )
         .add_service(
             WorkerServiceServer::new(WorkerApi(shared.clone()))
                 .max_decoding_message_size(max_message)
-                .max_encoding_message_size(usize::MAX),
+                .max_encoding_message_size(max_response),
         )
         .add_service(
-            AdminServiceServer::new(AdminApi(shared)).max_decoding_message_size(max_message),
+            AdminServiceServer::new(AdminApi(shared))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_response),
         )
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(transport.tcp_keepalive)),
             stopping.clone().cancelled_owned(),
         );
     let mut server = tokio::spawn(server);

@@ -95,7 +95,6 @@ async fn run(config: Config) -> ExitCode {
             "no redis url: using the embedded store; state lives in this process's memory and is lost on exit (set --redis-url or JOBCTL_REDIS_URL to keep it)"
         ),
     }
-    tracing::info!("authentication is off: every caller is in the \"default\" namespace");
     // Tools and tests read the bound address from this line.
     tracing::info!(%http_addr, "metrics on http://{http_addr}/metrics");
     println!("jobctl-server listening on {addr}");

@@ -19,6 +19,8 @@
 //!   server or worker process exports to it.
 //! - [`eventually`] and [`holds_for`]: poll a condition until it is met (or
 //!   for as long as it must keep holding) instead of sleeping.
+//! - [`TestPki`]: a throw-away CA that issues server and client
+//!   certificates (PEM files) for the TLS and mTLS tests.
 //! - [`Snapshot`]: every Redis key with its type and value, to prove that a
 //!   refused request wrote nothing; [`StateSnapshot`] proves it on either
 //!   store (through the API, plus every key on Redis).
@@ -29,6 +31,7 @@ pub mod api;
 pub mod backend;
 pub mod otlp;
 pub mod panics;
+pub mod pki;
 pub mod process;
 pub mod redis_server;
 pub mod server;
@@ -40,6 +43,7 @@ pub use api::*;
 pub use backend::{Backend, BackendKind};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use panics::{assert_no_panics, count_panics};
+pub use pki::{CertFiles, TestPki};
 pub use process::{ServerProcess, WorkerProcess, server_binary};
 pub use redis_server::{RedisOptions, RedisServer};
 pub use server::TestServer;

@@ -24,6 +24,9 @@ pub struct RedisOptions {
     /// Run in cluster mode as a single node that owns all 16384 slots, so
     /// Redis refuses scripts whose keys span slots.
     pub cluster: bool,
+    /// More `redis-server` arguments (for example `--tls-port` and its
+    /// certificates; the plain port stays open for the harness).
+    pub extra_args: Vec<String>,
 }
 
 /// A `redis-server` child process on a free port in its own temporary
@@ -207,6 +210,7 @@ impl RedisServer {
                 ])
                 .args(["--cluster-port", &cluster_port.to_string()]);
         }
+        command.args(&self.options.extra_args);
         if let Some(spec) = &self.options.faketime {
             // `faketime -f +2h redis-server` does not work with the Debian
             // redis-server: libfaketime and the jemalloc it is linked against

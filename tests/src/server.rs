@@ -12,7 +12,7 @@ use jobctl_server::Config;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::{Backend, RedisServer};
 
@@ -34,7 +34,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// Its HTTP port: `/metrics`, `/healthz`, `/readyz`.
     pub http_addr: SocketAddr,
-    /// `http://<addr>`.
+    /// `http://<addr>` (`https://localhost:<port>` with TLS).
     pub endpoint: String,
     /// A client of `jobctl.v1.JobService`.
     pub job: JobServiceClient<Channel>,
@@ -73,6 +73,13 @@ impl TestServer {
     /// Starts a server with exactly `config` (its `listen` address is not
     /// used: the server listens on `127.0.0.1:<free port>`).
     pub async fn start_with_config(config: Config) -> Self {
+        Self::start_with_tls(config, None).await
+    }
+
+    /// [`TestServer::start_with_config`] for a server whose gRPC port speaks
+    /// TLS (`--tls-cert`…): the clients connect to `https://localhost:<port>`
+    /// with `tls` (the CA, and a client certificate for mTLS).
+    pub async fn start_with_tls(config: Config, tls: Option<ClientTlsConfig>) -> Self {
         crate::init_tracing();
         crate::panics::install_panic_counter();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -92,11 +99,17 @@ impl TestServer {
                 let _ = shutdown_rx.await;
             },
         ));
-        let endpoint = format!("http://{addr}");
-        let channel = Endpoint::from_shared(endpoint.clone())
+        let endpoint = match &tls {
+            Some(_) => format!("https://localhost:{}", addr.port()),
+            None => format!("http://{addr}"),
+        };
+        let mut configured = Endpoint::from_shared(endpoint.clone())
             .expect("endpoint")
-            .connect_timeout(Duration::from_secs(5))
-            .connect_lazy();
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(tls) = tls {
+            configured = configured.tls_config(tls).expect("client TLS config");
+        }
+        let channel = configured.connect_lazy();
         let mut server = TestServer {
             addr,
             http_addr,
@@ -185,7 +198,16 @@ impl TestServer {
                 .await;
             match probe {
                 Ok(_) => return,
-                Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => {
+                // With authentication on, the probe has no credentials.
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        Code::NotFound
+                            | Code::InvalidArgument
+                            | Code::Unauthenticated
+                            | Code::PermissionDenied
+                    ) =>
+                {
                     return;
                 }
                 Err(status) => last = format!("{status:?}"),

@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tracing::{Instrument, debug, error, info, warn};
 
 use crate::backoff::{Backoff, lease_failure_is_fatal};
@@ -49,8 +49,18 @@ pub struct WorkerBuilder {
     rpc_timeout: Duration,
     connect_timeout: Duration,
     metadata: Vec<(String, String)>,
+    bearer_token: Option<String>,
+    tls: Option<Tls>,
     handlers: Handlers,
     problems: Vec<String>,
+}
+
+/// TLS settings of the connection to the server.
+#[derive(Clone, Default)]
+struct Tls {
+    ca_pem: Option<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+    domain: Option<String>,
 }
 
 impl fmt::Debug for WorkerBuilder {
@@ -80,6 +90,8 @@ impl WorkerBuilder {
             rpc_timeout: DEFAULT_RPC_TIMEOUT,
             connect_timeout: Duration::from_secs(5),
             metadata: Vec::new(),
+            bearer_token: None,
+            tls: None,
             handlers: HashMap::new(),
             problems: Vec::new(),
         }
@@ -157,6 +169,34 @@ impl WorkerBuilder {
         self
     }
 
+    /// Sends `authorization: Bearer <token>` (an API key or a JWT with the
+    /// worker role) with every call. The token is never logged.
+    pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
+        self.bearer_token = Some(token.into());
+        self
+    }
+
+    /// Verifies the server's certificate against this PEM CA certificate
+    /// (instead of the system's roots). Needs an `https://` endpoint.
+    pub fn tls_ca_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.get_or_insert_with(Tls::default).ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Presents this PEM client certificate and key (mTLS). Needs an
+    /// `https://` endpoint.
+    pub fn tls_identity_pem(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        self.tls.get_or_insert_with(Tls::default).identity = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// The name the server's certificate must carry, when it differs from
+    /// the endpoint's host.
+    pub fn tls_domain_name(mut self, domain: impl Into<String>) -> Self {
+        self.tls.get_or_insert_with(Tls::default).domain = Some(domain.into());
+        self
+    }
+
     /// Registers the handler of a job kind.
     ///
     /// ```no_run
@@ -189,7 +229,7 @@ impl WorkerBuilder {
         if let Some(problem) = self.problems.into_iter().next() {
             return config(problem);
         }
-        let endpoint = endpoint(&self.endpoint, self.connect_timeout)?;
+        let endpoint = endpoint(&self.endpoint, self.connect_timeout, self.tls.as_ref())?;
         let worker_id = match self.worker_id {
             Some(id) => id,
             None => default_worker_id(),
@@ -256,6 +296,12 @@ impl WorkerBuilder {
                 })?;
             metadata.push((k, v));
         }
+        if let Some(token) = &self.bearer_token {
+            let mut value = AsciiMetadataValue::try_from(format!("Bearer {}", token.trim()))
+                .map_err(|_| Error::Config("the bearer token is not printable ASCII".to_owned()))?;
+            value.set_sensitive(true);
+            metadata.push((AsciiMetadataKey::from_static("authorization"), value));
+        }
         Ok(Worker {
             endpoint,
             worker_id: Arc::from(worker_id),
@@ -275,7 +321,7 @@ impl WorkerBuilder {
 
 /// Parses and configures the server endpoint; `host:port` means
 /// `http://host:port`.
-fn endpoint(raw: &str, connect_timeout: Duration) -> Result<Endpoint, Error> {
+fn endpoint(raw: &str, connect_timeout: Duration, tls: Option<&Tls>) -> Result<Endpoint, Error> {
     let raw = raw.trim();
     if raw.is_empty() {
         return Err(Error::Config("the endpoint is empty".to_owned()));
@@ -285,20 +331,40 @@ fn endpoint(raw: &str, connect_timeout: Duration) -> Result<Endpoint, Error> {
     } else {
         format!("http://{raw}")
     };
-    let endpoint = Endpoint::from_shared(uri).map_err(|source| Error::InvalidEndpoint {
+    let mut endpoint = Endpoint::from_shared(uri).map_err(|source| Error::InvalidEndpoint {
         endpoint: raw.to_owned(),
         source,
     })?;
-    match endpoint.uri().scheme_str() {
-        Some("http") => {}
-        Some("https") => {
+    match (endpoint.uri().scheme_str(), tls) {
+        (Some("http"), None) => {}
+        (Some("http"), Some(_)) => {
             return Err(Error::Config(format!(
-                "endpoint {raw:?}: TLS is not supported yet, use http://"
+                "endpoint {raw:?}: TLS settings need an https:// endpoint"
             )));
+        }
+        (Some("https"), tls) => {
+            let tls = tls.cloned().unwrap_or_default();
+            let mut config = ClientTlsConfig::new();
+            config = match &tls.ca_pem {
+                Some(pem) => config.ca_certificate(Certificate::from_pem(pem)),
+                None => config.with_native_roots(),
+            };
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(Identity::from_pem(cert, key));
+            }
+            if let Some(domain) = tls.domain {
+                config = config.domain_name(domain);
+            }
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|source| Error::InvalidEndpoint {
+                    endpoint: raw.to_owned(),
+                    source,
+                })?;
         }
         _ => {
             return Err(Error::Config(format!(
-                "endpoint {raw:?}: the scheme must be http://"
+                "endpoint {raw:?}: the scheme must be http:// or https://"
             )));
         }
     }
@@ -757,7 +823,12 @@ mod tests {
         assert!(with("http://localhost:50051").is_ok());
         assert!(with("127.0.0.1:50051").is_ok());
         assert!(with("").is_err());
-        assert!(with("https://example.com").is_err());
+        assert!(with("https://example.com").is_ok());
+        let tls_over_http = Worker::builder("http://example.com")
+            .tls_ca_certificate_pem(b"-----BEGIN CERTIFICATE-----".to_vec())
+            .handler("k", |_ctx: JobContext| async { Ok(Vec::new()) })
+            .build();
+        assert!(tls_over_http.is_err());
         assert!(with("ftp://example.com").is_err());
         assert!(with("http://").is_err());
         assert!(with("not a uri").is_err());

@@ -72,8 +72,96 @@ pub struct Cli {
     )]
     pub output: Output,
 
+    #[command(flatten)]
+    pub connection: ConnectArgs,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Credentials and TLS of the connection to the server.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// A bearer token (API key or JWT) sent with every call. Prefer
+    /// JOBCTL_TOKEN or --token-file: a flag is visible to other users in
+    /// the process list.
+    #[arg(
+        long,
+        global = true,
+        env = "JOBCTL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+
+    /// A file holding the bearer token.
+    #[arg(
+        long,
+        global = true,
+        env = "JOBCTL_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
+
+    /// A PEM CA certificate to verify the server with (https:// only;
+    /// default: the system's roots).
+    #[arg(long, global = true, env = "JOBCTL_CA_CERT", value_name = "PEM_FILE")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// A PEM client certificate for mTLS (with --client-key).
+    #[arg(
+        long,
+        global = true,
+        env = "JOBCTL_CLIENT_CERT",
+        value_name = "PEM_FILE",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    /// The PEM private key of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "JOBCTL_CLIENT_KEY",
+        value_name = "PEM_FILE",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+
+    /// The name the server's certificate must carry, when it differs from
+    /// the host of --server.
+    #[arg(long, global = true, env = "JOBCTL_TLS_DOMAIN", value_name = "NAME")]
+    pub tls_domain: Option<String>,
+}
+
+impl ConnectArgs {
+    /// The client's connect options; reads the files named.
+    pub fn options(&self) -> Result<jobctl_client::ConnectOptions, String> {
+        let read = |flag: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))
+        };
+        let mut options = jobctl_client::ConnectOptions::new();
+        if let Some(token) = &self.token {
+            options = options.bearer_token(token.clone());
+        }
+        if let Some(path) = &self.token_file {
+            let token = String::from_utf8(read("--token-file", path)?)
+                .map_err(|_| format!("--token-file {}: not UTF-8", path.display()))?;
+            options = options.bearer_token(token.trim().to_owned());
+        }
+        if let Some(path) = &self.ca_cert {
+            options = options.ca_certificate_pem(read("--ca-cert", path)?);
+        }
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            options = options
+                .client_identity_pem(read("--client-cert", cert)?, read("--client-key", key)?);
+        }
+        if let Some(domain) = &self.tls_domain {
+            options = options.tls_domain_name(domain.clone());
+        }
+        Ok(options)
+    }
 }
 
 /// The output format.

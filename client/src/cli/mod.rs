@@ -12,7 +12,7 @@ use clap::Parser as _;
 use jobctl_client::Client;
 use serde_json::Value;
 
-use args::{Cli, Command, Output, PayloadSource};
+use args::{Cli, Command, ConnectArgs, Output, PayloadSource};
 use error::CliError;
 
 /// What a command prints: its answer on stdout, and perhaps a note for
@@ -99,7 +99,7 @@ async fn run(cli: Cli) -> Result<Printed, CliError> {
             args.options(Vec::new()).map_err(CliError::Usage)?;
             let payload = read_payload(args.payload.source())?;
             let options = args.options(payload).map_err(CliError::Usage)?;
-            let client = Client::connect(cli.server).await?;
+            let client = connect(&cli.server, &cli.connection).await?;
             let submitted = client.submit(options).await?;
             if args.watch {
                 // stdout is for the watch; the id goes to stderr.
@@ -114,7 +114,7 @@ async fn run(cli: Cli) -> Result<Printed, CliError> {
             ))
         }
         Command::Status { job_id } => {
-            let client = Client::connect(cli.server).await?;
+            let client = connect(&cli.server, &cli.connection).await?;
             let job = client
                 .status(&job_id)
                 .await
@@ -126,7 +126,7 @@ async fn run(cli: Cli) -> Result<Printed, CliError> {
             ))
         }
         Command::Cancel { job_id, reason } => {
-            let client = Client::connect(cli.server).await?;
+            let client = connect(&cli.server, &cli.connection).await?;
             let answer = client
                 .cancel(&job_id, &reason)
                 .await
@@ -143,7 +143,7 @@ async fn run(cli: Cli) -> Result<Printed, CliError> {
             page_token,
             all,
         } => {
-            let client = Client::connect(cli.server).await?;
+            let client = connect(&cli.server, &cli.connection).await?;
             let mut token = page_token.unwrap_or_default();
             let mut jobs = Vec::new();
             loop {
@@ -167,7 +167,7 @@ async fn run(cli: Cli) -> Result<Printed, CliError> {
             Ok(printed)
         }
         Command::Requeue { job_id } => {
-            let client = Client::connect(cli.server).await?;
+            let client = connect(&cli.server, &cli.connection).await?;
             let state = client
                 .requeue(&job_id)
                 .await
@@ -179,12 +179,12 @@ async fn run(cli: Cli) -> Result<Printed, CliError> {
             ))
         }
         Command::Watch(args) => {
-            let client = Client::connect(cli.server).await?;
+            let client = connect(&cli.server, &cli.connection).await?;
             let code = watch::follow(&client, &args.job_id, args.after_seq, output).await?;
             Ok(Printed::exit(code))
         }
         Command::Stats { queue } => {
-            let client = Client::connect(cli.server).await?;
+            let client = connect(&cli.server, &cli.connection).await?;
             let stats = client.queue_stats(&queue).await?;
             Ok(Printed::new(
                 output,
@@ -193,6 +193,11 @@ async fn run(cli: Cli) -> Result<Printed, CliError> {
             ))
         }
     }
+}
+
+async fn connect(server: &str, connection: &ConnectArgs) -> Result<Client, CliError> {
+    let options = connection.options().map_err(CliError::Input)?;
+    Ok(Client::connect_with(server, options).await?)
 }
 
 fn read_payload(source: PayloadSource) -> Result<Vec<u8>, CliError> {

@@ -6,6 +6,7 @@ use jobctl_proto::v1::{self, admin_service_server::AdminService};
 use tonic::{Request, Response, Status};
 
 use super::{Shared, job_id, namespace};
+use crate::auth::Role;
 use crate::error::Error;
 use crate::metrics;
 
@@ -20,7 +21,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<v1::ListFailedRequest>,
     ) -> Result<Response<v1::ListFailedResponse>, Status> {
-        let ns = namespace(&request);
+        let ns = &namespace(&request, Role::Operator)?;
         let req = request.get_ref();
         self.0.validator.queue("queue", &req.queue)?;
         let limit = match req.page_size {
@@ -57,7 +58,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<v1::RequeueRequest>,
     ) -> Result<Response<v1::RequeueResponse>, Status> {
-        let ns = namespace(&request);
+        let ns = &namespace(&request, Role::Operator)?;
         let id = job_id(&request.get_ref().job_id)?;
         let state = self.0.metrics.store(self.0.store.requeue(ns, &id).await)?;
         self.0
@@ -75,7 +76,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<v1::GetQueueStatsRequest>,
     ) -> Result<Response<v1::GetQueueStatsResponse>, Status> {
-        let ns = namespace(&request);
+        let ns = &namespace(&request, Role::Operator)?;
         let queue = &request.get_ref().queue;
         self.0.validator.queue("queue", queue)?;
         let stats = self

@@ -16,6 +16,7 @@ use tonic::metadata::MetadataValue;
 use tracing::Instrument;
 
 use super::{Shared, job_id, namespace};
+use crate::auth::Role;
 use crate::metrics;
 use crate::telemetry::{self, REQUEST_ID};
 use crate::watch::{STREAM_BUFFER, Watcher, is_terminal_state};
@@ -75,7 +76,7 @@ impl JobApi {
         request: Request<v1::SubmitRequest>,
         trace: BTreeMap<String, String>,
     ) -> Result<Response<v1::SubmitResponse>, Status> {
-        let ns = namespace(&request);
+        let ns = &namespace(&request, Role::Client)?;
         let job = self.0.validator.submit(request.into_inner(), trace)?;
         let submitted = self.0.metrics.store(self.0.store.submit(ns, &job).await)?;
         let labels = metrics::queue(ns, job.queue());
@@ -118,7 +119,7 @@ impl JobService for JobApi {
         &self,
         request: Request<v1::GetStatusRequest>,
     ) -> Result<Response<v1::GetStatusResponse>, Status> {
-        let ns = namespace(&request);
+        let ns = &namespace(&request, Role::Client)?;
         let id = job_id(&request.get_ref().job_id)?;
         telemetry::record_job(&id);
         let job = self.0.metrics.store(self.0.store.get(ns, &id).await)?;
@@ -129,7 +130,7 @@ impl JobService for JobApi {
         &self,
         request: Request<v1::CancelRequest>,
     ) -> Result<Response<v1::CancelResponse>, Status> {
-        let ns = namespace(&request);
+        let ns = &namespace(&request, Role::Client)?;
         let req = request.get_ref();
         let id = job_id(&req.job_id)?;
         telemetry::record_job(&id);
@@ -159,7 +160,7 @@ impl JobService for JobApi {
         &self,
         request: Request<v1::WatchProgressRequest>,
     ) -> Result<Response<Self::WatchProgressStream>, Status> {
-        let ns = namespace(&request);
+        let ns = &namespace(&request, Role::Client)?;
         let req = request.get_ref();
         let id = job_id(&req.job_id)?;
         telemetry::record_job(&id);

@@ -14,6 +14,7 @@ pub use admin::AdminApi;
 pub use jobs::JobApi;
 pub use workers::WorkerApi;
 
+use crate::auth::{Identity, Role};
 use crate::error::{Error, Result};
 use crate::keys::JobId;
 use crate::maintenance::Waker;
@@ -22,8 +23,7 @@ use crate::model::Validator;
 use crate::signals::Signals;
 use crate::store::Store;
 
-/// The namespace of callers while authentication is off.
-pub const DEFAULT_NAMESPACE: &str = "default";
+pub use crate::auth::DEFAULT_NAMESPACE;
 
 /// What every service shares.
 pub struct Shared {
@@ -38,11 +38,22 @@ pub struct Shared {
     pub shutdown: CancellationToken,
 }
 
-/// The caller's namespace. Until authentication lands every caller is in
-/// the default one; it will come from the verified identity, never from a
-/// request field.
-fn namespace<T>(_request: &Request<T>) -> &'static str {
-    DEFAULT_NAMESPACE
+/// The caller's namespace, once its identity (put in the request by
+/// [`crate::auth::AuthLayer`]) is known to hold `role`. The namespace comes
+/// from the verified identity only, never from a request field; every key
+/// of a job includes it, so another namespace's job is not found.
+fn namespace<T>(request: &Request<T>, role: Role) -> Result<String> {
+    let identity = request
+        .extensions()
+        .get::<Identity>()
+        .ok_or(Error::Unauthenticated("no verified identity"))?;
+    if !identity.roles.contains(role) {
+        return Err(Error::PermissionDenied {
+            subject: identity.subject.clone(),
+            role,
+        });
+    }
+    Ok(identity.namespace.clone())
 }
 
 /// A job id from a request; an empty or malformed one names no job.

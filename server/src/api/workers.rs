@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::{Shared, job_id, lease_token, namespace};
+use crate::auth::Role;
 use crate::error::Error;
 use crate::keys::queue_tag;
 use crate::metrics::{self, Metrics};
@@ -53,7 +54,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<v1::LeaseRequest>,
     ) -> Result<Response<v1::LeaseResponse>, Status> {
-        let ns = namespace(&request);
+        let ns = &namespace(&request, Role::Worker)?;
         let req = request.into_inner();
         let shared = &self.0;
         let limits = &shared.validator.limits;
@@ -122,7 +123,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
-        let ns = namespace(&request);
+        let ns = &namespace(&request, Role::Worker)?;
         let req = request.get_ref();
         let id = job_id(&req.job_id)?;
         telemetry::record_job(&id);
@@ -154,7 +155,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<v1::CompleteRequest>,
     ) -> Result<Response<v1::CompleteResponse>, Status> {
-        let ns = namespace(&request);
+        let ns = &namespace(&request, Role::Worker)?;
         let req = request.get_ref();
         let id = job_id(&req.job_id)?;
         telemetry::record_job(&id);
@@ -179,7 +180,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<v1::FailRequest>,
     ) -> Result<Response<v1::FailResponse>, Status> {
-        let ns = namespace(&request);
+        let ns = &namespace(&request, Role::Worker)?;
         let req = request.get_ref();
         let id = job_id(&req.job_id)?;
         telemetry::record_job(&id);
@@ -224,7 +225,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::ReleaseResponse>, Status> {
-        let ns = namespace(&request);
+        let ns = &namespace(&request, Role::Worker)?;
         let req = request.get_ref();
         let id = job_id(&req.job_id)?;
         telemetry::record_job(&id);

@@ -81,8 +81,23 @@ impl RedisStore {
     /// Connects lazily: the first command dials, and a lost connection is
     /// re-established on a later command.
     pub fn new(url: &str, options: StoreOptions) -> Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::Startup(format!("invalid redis url: {e}")))?;
+        Self::with_tls(url, None, options)
+    }
+
+    /// [`RedisStore::new`] for a `rediss://` URL whose server is verified
+    /// against `tls.root_cert` (else the system's roots), presenting
+    /// `tls.client_tls` when Redis asks for a client certificate.
+    pub fn with_tls(
+        url: &str,
+        tls: Option<redis::TlsCertificates>,
+        options: StoreOptions,
+    ) -> Result<Self> {
+        // Never echo the URL: it may hold a password.
+        let client = match tls {
+            Some(certs) => redis::Client::build_with_tls(url, certs),
+            None => redis::Client::open(url),
+        }
+        .map_err(|e| Error::Startup(format!("invalid redis url: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(5)))

@@ -12,6 +12,7 @@
 //! One test binary (with modules) rather than one per file, so the suite
 //! links once.
 
+mod auth;
 mod availability;
 mod conformance;
 mod invariants;
