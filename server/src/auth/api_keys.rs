@@ -77,13 +77,10 @@ impl ApiKeys {
                 return Err(at("too many fields (a name has no spaces)".into()));
             }
             let hash = match key.strip_prefix("sha256:") {
-                Some(hex_hash) => {
-                    let bytes = hex::decode(hex_hash)
-                        .ok()
-                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                        .ok_or_else(|| at("sha256: must be followed by 64 hex digits".into()))?;
-                    bytes
-                }
+                Some(hex_hash) => hex::decode(hex_hash)
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .ok_or_else(|| at("sha256: must be followed by 64 hex digits".into()))?,
                 None if key.chars().count() < MIN_KEY_CHARS => {
                     return Err(at(format!(
                         "a key in the clear must be at least {MIN_KEY_CHARS} characters"

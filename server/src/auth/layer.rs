@@ -8,11 +8,24 @@ use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
-use super::Authenticator;
+use super::{Authenticator, Role};
 
 /// The RPCs that need an identity: every jobctl service. Health checking
 /// (`grpc.health.v1`) and reflection stay open.
 const AUTHENTICATED_PREFIX: &str = "/jobctl.";
+
+/// The role each service's RPCs need. The handlers check it again (and
+/// read the namespace); checking here refuses a caller before its request
+/// body is read.
+fn required_role(path: &str) -> Option<Role> {
+    let service = path.strip_prefix('/')?.split('/').next()?;
+    match service {
+        "jobctl.v1.JobService" => Some(Role::Client),
+        "jobctl.v1.WorkerService" => Some(Role::Worker),
+        "jobctl.v1.AdminService" => Some(Role::Operator),
+        _ => None,
+    }
+}
 
 /// Authenticates requests to the jobctl services and puts the caller's
 /// [`super::Identity`] in the request's extensions; answers
@@ -79,6 +92,21 @@ where
         let certs = certs.as_deref().map(Vec::as_slice);
         match self.auth.authenticate(request.headers(), certs) {
             Ok(identity) => {
+                if let Some(role) = required_role(request.uri().path())
+                    && !identity.roles.contains(role)
+                {
+                    tracing::debug!(
+                        subject = %identity.subject,
+                        rpc = request.uri().path(),
+                        %role,
+                        "refused a call the caller's roles do not allow"
+                    );
+                    let error = crate::error::Error::PermissionDenied {
+                        subject: identity.subject,
+                        role,
+                    };
+                    return Either::Left(ready(Ok(Status::from(error).into_http())));
+                }
                 tracing::trace!(
                     subject = %identity.subject,
                     namespace = %identity.namespace,
@@ -100,5 +128,28 @@ where
                 )))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_service_needs_its_role() {
+        assert_eq!(
+            required_role("/jobctl.v1.JobService/Submit"),
+            Some(Role::Client)
+        );
+        assert_eq!(
+            required_role("/jobctl.v1.WorkerService/Lease"),
+            Some(Role::Worker)
+        );
+        assert_eq!(
+            required_role("/jobctl.v1.AdminService/Requeue"),
+            Some(Role::Operator)
+        );
+        assert_eq!(required_role("/jobctl.v1.Nope/X"), None);
+        assert_eq!(required_role("/grpc.health.v1.Health/Check"), None);
     }
 }

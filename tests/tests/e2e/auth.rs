@@ -779,10 +779,13 @@ async fn jwts_authenticate_and_bad_ones_are_refused() {
             )
             .expect("sign"),
         ));
-        bad.push((
-            "unknown kid",
-            es256(&claims("jwt-ns", &["client"]), Some("k9")),
-        ));
+        if key_flag == "--jwt-jwks-file" {
+            // A kid-less PEM key verifies any kid; a JWKS picks by kid.
+            bad.push((
+                "unknown kid",
+                es256(&claims("jwt-ns", &["client"]), Some("k9")),
+            ));
+        }
         let good = hs256(&claims("jwt-ns", &["client"]));
         let (head, rest) = good.split_once('.').expect("jwt");
         let (_, sig) = rest.split_once('.').expect("jwt");
@@ -800,9 +803,7 @@ async fn jwts_authenticate_and_bad_ones_are_refused() {
                 .submit(submit_request("q", "k", "x"))
                 .await
                 .expect_err(why);
-            if key_flag == "--jwt-jwks-file" || why != "unknown kid" {
-                assert_eq!(err.code(), Code::Unauthenticated, "{what} {why}: {err:?}");
-            }
+            assert_eq!(err.code(), Code::Unauthenticated, "{what} {why}: {err:?}");
         }
         srv.shutdown().await.expect("shutdown");
     }
@@ -997,7 +998,7 @@ async fn tokens_and_certificates_work_together_over_tls() {
 /// The server binary, at trace level, never prints a token it was sent
 /// (valid or not, API key or JWT), and says at start-up whether
 /// authentication is on.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_never_reach_the_logs_and_start_up_says_whether_auth_is_on() {
     let redis = RedisServer::start().await;
     let off = ServerProcess::start(&redis.url(), &[]).await;
@@ -1065,22 +1066,15 @@ async fn tokens_never_reach_the_logs_and_start_up_says_whether_auth_is_on() {
             })
             .await;
     }
-    // A marker call, so everything above has been logged.
-    let marker = caller(&channel, "m", Some(token("a-client")));
-    let _ = marker
-        .job
-        .clone()
-        .get_status(GetStatusRequest {
-            job_id: "marker:01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
-        })
-        .await;
+    // Expired JWT and wrong key, two calls each: four refusals logged.
     let out = eventually(
         "the server logged the calls",
         Duration::from_secs(10),
         || {
             let out = srv.output();
             async move {
-                (out.contains("authentication is on") && out.contains("marker:"))
+                (out.contains("authentication is on")
+                    && out.matches("refused an unauthenticated call").count() >= 4)
                     .then_some(out)
                     .ok_or("not yet")
             }
@@ -1343,17 +1337,20 @@ async fn load_is_shed_with_unavailable_beyond_the_concurrency_limit() {
     let srv = &setup.srv;
     let worker = keyed(srv, "a-worker");
     let client = keyed(srv, "a-client");
+    // Keeps a long poll in flight: a Lease that was itself shed tries again.
     let holder = tokio::spawn(async move {
-        worker
-            .worker
-            .clone()
-            .lease(LeaseRequest {
-                worker_id: "w".into(),
-                queues: vec!["empty".into()],
-                max_jobs: 1,
-                wait: Some(pb_duration(Duration::from_secs(30))),
-            })
-            .await
+        loop {
+            let _ = worker
+                .worker
+                .clone()
+                .lease(LeaseRequest {
+                    worker_id: "w".into(),
+                    queues: vec!["empty".into()],
+                    max_jobs: 1,
+                    wait: Some(pb_duration(Duration::from_secs(30))),
+                })
+                .await;
+        }
     });
     eventually("a call is shed", Duration::from_secs(20), || {
         let mut job = client.job.clone();
@@ -1452,7 +1449,7 @@ fn random_requests_from_another_tenant_never_touch_its_jobs() {
     let targets = runtime.block_on(tenant_a_jobs(srv));
     let before = runtime.block_on(tenant_a_keys(&setup._redis));
     let b = keyed(srv, "b-all");
-    let ids = vec![
+    let ids = [
         targets.queued.clone(),
         targets.running.job_id.clone(),
         targets.failed.clone(),
@@ -1472,10 +1469,9 @@ fn random_requests_from_another_tenant_never_touch_its_jobs() {
             Just("{tenant-a:q}".to_owned())
         ],
         prop_oneof![Just(targets.running.lease_token.clone()), "[ -~]{0,64}"],
-        proptest::collection::vec(any::<u8>(), 0..64),
     );
     runner
-        .run(&strategy, |(r, i, noise, lease_token, bytes)| {
+        .run(&strategy, |(r, i, noise, lease_token)| {
             let rpc = Rpc::ALL[r];
             let id = match noise.len() % 3 {
                 0 => ids[i].clone(),
@@ -1490,11 +1486,7 @@ fn random_requests_from_another_tenant_never_touch_its_jobs() {
                 running,
                 failed: id,
             };
-            let result = runtime.block_on(async {
-                let mut queue_bytes = bytes.clone();
-                queue_bytes.truncate(8);
-                call(&b, rpc, &t).await
-            });
+            let result = runtime.block_on(call(&b, rpc, &t));
             match result {
                 Ok(()) => Ok(()),
                 Err(s)
