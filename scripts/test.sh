@@ -9,8 +9,9 @@
 #
 # Needs: redis-server, libfaketime and python3 with venv (installed with
 # apt-get when run as root on Debian/Ubuntu), Node's npx for buf, PyPI for the
-# Helm chart check's and the Python client test's packages, and cargo-nextest
-# (installed if missing; otherwise falls back to cargo test).
+# Helm chart check's and the Python client test's packages, cargo-deny
+# (installed if missing) and cargo-nextest (installed if missing; otherwise
+# falls back to cargo test).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -77,6 +78,14 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     fi
 fi
 
+# --- cargo-deny ------------------------------------------------------------
+
+deny_available=true
+if ! cargo deny --version >/dev/null 2>&1; then
+    step "installing cargo-deny"
+    cargo install cargo-deny --locked || deny_available=false
+fi
+
 # --- checks ----------------------------------------------------------------
 
 check "cargo fmt --all -- --check" cargo fmt --all -- --check
@@ -99,6 +108,18 @@ buf_lint() {
     fi
 }
 check "buf lint proto" buf_lint
+
+# Licenses, banned crates and sources (deny.toml). The advisories check
+# clones the RustSec database from GitHub, which CI cannot reach: run
+# `cargo deny check advisories` where it can.
+cargo_deny() {
+    if [[ "$deny_available" != true ]]; then
+        echo "cargo-deny is missing and could not be installed (cargo install cargo-deny --locked)" >&2
+        return 1
+    fi
+    cargo deny check licenses bans sources
+}
+check "cargo deny check licenses bans sources" cargo_deny
 
 # --- tests -----------------------------------------------------------------
 
