@@ -40,9 +40,14 @@ impl Credentials {
 
     /// A bearer token (an API key or a JWT).
     pub fn bearer(token: &str) -> Result<Self> {
-        let mut value: AsciiMetadataValue =
-            MetadataValue::try_from(format!("Bearer {}", token.trim()))
-                .map_err(|_| Error::InvalidArgument("the token must be printable ASCII".into()))?;
+        let token = token.trim();
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::InvalidArgument(
+                "the token must be printable ASCII without spaces".into(),
+            ));
+        }
+        let mut value: AsciiMetadataValue = MetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| Error::InvalidArgument("the token is not a valid header value".into()))?;
         value.set_sensitive(true);
         Ok(Credentials {
             authorization: Some(value),
@@ -180,5 +185,27 @@ impl ConnectOptions {
             None => Credentials::none(),
         };
         Ok((configured, credentials))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_never_printed_and_tls_needs_https() {
+        let creds = Credentials::bearer("very-secret").unwrap();
+        assert!(!format!("{creds:?}").contains("very-secret"));
+        let mut intercepted = creds.clone();
+        let request = intercepted.call(Request::new(())).unwrap();
+        let value = request.metadata().get("authorization").unwrap();
+        assert_eq!(value.to_str().unwrap(), "Bearer very-secret");
+        assert!(!format!("{value:?}").contains("very-secret"));
+        let options = ConnectOptions::new()
+            .bearer_token("very-secret")
+            .ca_certificate_pem(b"pem".to_vec());
+        assert!(!format!("{options:?}").contains("very-secret"));
+        assert!(options.apply("http://127.0.0.1:1").is_err());
+        assert!(Credentials::bearer("caf\u{e9}").is_err());
     }
 }

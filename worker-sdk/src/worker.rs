@@ -297,7 +297,13 @@ impl WorkerBuilder {
             metadata.push((k, v));
         }
         if let Some(token) = &self.bearer_token {
-            let mut value = AsciiMetadataValue::try_from(format!("Bearer {}", token.trim()))
+            let token = token.trim();
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return config(
+                    "the bearer token must be printable ASCII without spaces".to_owned(),
+                );
+            }
+            let mut value = AsciiMetadataValue::try_from(format!("Bearer {token}"))
                 .map_err(|_| Error::Config("the bearer token is not printable ASCII".to_owned()))?;
             value.set_sensitive(true);
             metadata.push((AsciiMetadataKey::from_static("authorization"), value));

@@ -695,4 +695,27 @@ mod tests {
         assert!(parse_server("ftp://x").is_err());
         assert!(parse_server("http://bad host").is_err());
     }
+
+    #[test]
+    fn credentials_come_from_a_token_file_and_conflict_with_a_token() {
+        let dir = std::env::temp_dir().join(format!("jobctl-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "secret-token\n").unwrap();
+        let path = file.to_str().unwrap();
+        let cli = parse(&["--token-file", path, "status", "x"]).unwrap();
+        let options = cli.connection.options().unwrap();
+        assert!(!format!("{options:?}").contains("secret-token"));
+        assert!(parse(&["--token", "t", "--token-file", path, "status", "x"]).is_err());
+        assert!(parse(&["--client-cert", path, "status", "x"]).is_err());
+        let missing = parse(&["--ca-cert", "/nonexistent/ca.pem", "status", "x"]).unwrap();
+        assert!(
+            missing
+                .connection
+                .options()
+                .unwrap_err()
+                .contains("--ca-cert")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
