@@ -131,6 +131,35 @@ impl Client {
         })
     }
 
+    /// Enqueues many jobs of one queue in one call (`SubmitBatch`), all or
+    /// none: if any job is refused (a bad field, a limit, an idempotency key
+    /// reused for a different request) nothing is written and the error
+    /// says which. The answers are in the order of `jobs`; a job whose
+    /// idempotency key was seen before is `deduplicated`.
+    pub async fn submit_batch(
+        &self,
+        jobs: impl IntoIterator<Item = SubmitOptions>,
+    ) -> Result<Vec<Submitted>> {
+        let jobs = jobs
+            .into_iter()
+            .map(SubmitOptions::into_request)
+            .collect::<Result<Vec<_>>>()?;
+        let response = self
+            .job_service()
+            .submit_batch(pb::SubmitBatchRequest { jobs })
+            .await?
+            .into_inner();
+        Ok(response
+            .results
+            .into_iter()
+            .map(|r| Submitted {
+                state: r.state(),
+                job_id: r.job_id,
+                deduplicated: r.deduplicated,
+            })
+            .collect())
+    }
+
     /// The job's state, progress, attempts and result or error.
     pub async fn status(&self, job_id: &str) -> Result<pb::Job> {
         let request = pb::GetStatusRequest {

@@ -80,6 +80,13 @@ impl JobService for Fake {
         Err(Status::unimplemented("fake"))
     }
 
+    async fn submit_batch(
+        &self,
+        _: Request<pb::SubmitBatchRequest>,
+    ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     type WatchProgressStream = BoxStream<'static, Result<pb::WatchProgressResponse, Status>>;
 
     async fn watch_progress(

@@ -167,6 +167,14 @@ pub struct Limits {
     #[arg(long, env = "JOBCTL_MAX_LEASE_BATCH", default_value_t = 1000)]
     pub max_lease_batch: u32,
 
+    /// Most jobs one SubmitBatch call may carry.
+    #[arg(long, env = "JOBCTL_MAX_SUBMIT_BATCH", default_value_t = 1000)]
+    pub max_submit_batch: usize,
+
+    /// Most completions one CompleteBatch call may carry.
+    #[arg(long, env = "JOBCTL_MAX_COMPLETE_BATCH", default_value_t = 1000)]
+    pub max_complete_batch: usize,
+
     /// Most queues one Lease call may name.
     #[arg(long, env = "JOBCTL_MAX_LEASE_QUEUES", default_value_t = 32)]
     pub max_lease_queues: usize,

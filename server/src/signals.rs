@@ -11,8 +11,9 @@
 //! The embedded store signals directly, without Redis.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::sync::{Notify, watch};
@@ -25,10 +26,55 @@ use crate::watch::Feed;
 /// counter bumped when events may have been missed (a re-subscription).
 pub type FeedVersion = (u64, u64);
 
+/// How long "this queue was empty and nothing was made ready since" is
+/// trusted without looking again: a bound on what a lost wake-up can cost.
+const EMPTY_TRUSTED_FOR: Duration = Duration::from_secs(5);
+
+/// What this process knows of one queue: a notifier for the Lease calls
+/// waiting on it, a counter of wake-ups, and whether it was found empty
+/// since the last one (so that long polls arriving at an idle queue cost
+/// Redis nothing, however many workers wait).
+#[derive(Default)]
+pub struct QueueSignal {
+    notify: Notify,
+    generation: AtomicU64,
+    /// (generation + 1, when) of the last look that found it empty; 0: none.
+    empty: Mutex<(u64, Option<Instant>)>,
+}
+
+impl QueueSignal {
+    /// Resolves on the next wake-up (enable it before looking).
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+
+    /// The wake-up counter; read it before looking at the queue.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// A look begun at `generation` found the queue empty.
+    pub fn found_empty(&self, generation: u64) {
+        *lock(&self.empty) = (generation + 1, Some(Instant::now()));
+    }
+
+    /// Whether the queue was found empty recently and nothing was made
+    /// ready since: looking again would find it empty.
+    pub fn known_empty(&self) -> bool {
+        let (at, when) = *lock(&self.empty);
+        at == self.generation() + 1 && when.is_some_and(|w| w.elapsed() < EMPTY_TRUSTED_FOR)
+    }
+
+    fn wake(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+}
+
 /// Every queue notifier and job feed of this process.
 #[derive(Default)]
 pub struct Signals {
-    queues: Mutex<HashMap<String, Arc<Notify>>>,
+    queues: Mutex<HashMap<String, Arc<QueueSignal>>>,
     feeds: Mutex<HashMap<(String, String), Weak<Feed>>>,
 }
 
@@ -37,8 +83,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Signals {
-    /// The notifier of a queue (by its `<ns>:<queue>` tag).
-    pub fn notifier(&self, tag: &str) -> Arc<Notify> {
+    /// The signal of a queue (by its `<ns>:<queue>` tag).
+    pub fn queue(&self, tag: &str) -> Arc<QueueSignal> {
         let mut queues = lock(&self.queues);
         if queues.len() > 10_000 {
             queues.retain(|_, n| Arc::strong_count(n) > 1);
@@ -49,7 +95,7 @@ impl Signals {
     /// Wakes the Lease calls waiting on one queue.
     pub fn wake(&self, tag: &str) {
         if let Some(n) = lock(&self.queues).get(tag) {
-            n.notify_waiters();
+            n.wake();
         }
     }
 
@@ -88,7 +134,7 @@ impl Signals {
     /// every waiting Lease call and every watcher, to look again.
     pub fn wake_all(&self) {
         for n in lock(&self.queues).values() {
-            n.notify_waiters();
+            n.wake();
         }
         let feeds: Vec<Arc<Feed>> = lock(&self.feeds)
             .values()

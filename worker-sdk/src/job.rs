@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use jobctl_proto::v1::{
-    CompleteRequest, FailRequest, HeartbeatRequest, JobState, LeasedJob, ReleaseRequest,
+    CompleteRequest, CompleteResponse, FailRequest, HeartbeatRequest, JobState, LeasedJob,
+    ReleaseRequest,
 };
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +22,7 @@ use tracing::{Instrument, Span, debug, error, info, warn};
 
 use crate::Error;
 use crate::backoff::{Backoff, Failure, classify};
+use crate::completer::{Answer, Completer};
 use crate::context::{CancelReason, CheckpointRequest, ContextChannels, JobContext, JobInfo};
 use crate::handler::{
     CODE_RESULT_REJECTED, CODE_TIMEOUT, FailFields, HandlerError, HandlerResult, Handlers, Outcome,
@@ -44,6 +47,8 @@ pub(crate) struct Shared {
     pub(crate) progress_interval: Duration,
     /// How long a handler gets to stop once its token fired.
     pub(crate) stop_grace: Duration,
+    /// Batches completions (and leases the next jobs with them), if on.
+    pub(crate) completer: Option<Completer>,
 }
 
 /// The period of a job's heartbeats: a third of its lease TTL.
@@ -58,7 +63,14 @@ pub(crate) fn heartbeat_every(lease_ttl: Option<prost_types::Duration>) -> Durat
 
 /// Runs one leased job to its end. `abandon` fires when the worker's
 /// shutdown grace is over: the job is then handed back with `Release`.
-pub(crate) async fn run_job(shared: Arc<Shared>, leased: LeasedJob, abandon: CancellationToken) {
+/// `slot` is the job's place under the concurrency limit: a successful job
+/// hands it to the job leased along with its completion.
+pub(crate) async fn run_job(
+    shared: Arc<Shared>,
+    leased: LeasedJob,
+    abandon: CancellationToken,
+    slot: Option<OwnedSemaphorePermit>,
+) {
     if leased.job_id.is_empty() || leased.lease_token.is_empty() {
         warn!(
             job_id = %leased.job_id,
@@ -74,10 +86,9 @@ pub(crate) async fn run_job(shared: Arc<Shared>, leased: LeasedJob, abandon: Can
         &shared.worker_id,
         &leased.trace_context,
     );
-    Job::new(shared, leased, abandon)
-        .run()
-        .instrument(span)
-        .await;
+    let mut job = Job::new(shared, leased, abandon);
+    job.slot = slot;
+    job.run().instrument(span).await;
 }
 
 /// Hands back a lease without using up an attempt. Logs inside the
@@ -151,6 +162,7 @@ struct Job {
     abandon: CancellationToken,
     deadline: Option<Instant>,
     started: Instant,
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Job {
@@ -191,6 +203,7 @@ impl Job {
             abandon,
             deadline: deadline_at,
             started: now,
+            slot: None,
         }
     }
 
@@ -327,10 +340,38 @@ impl Job {
             lease_token: self.lease_token.clone(),
             result,
         };
-        let answer = retry("complete", Some(&self.abandon), None, || {
-            rpc.complete(request.clone())
-        })
-        .await;
+        let batched = match &self.shared.completer {
+            Some(completer) => {
+                let slot = self.slot.take();
+                tokio::select! {
+                    biased;
+                    () = self.abandon.cancelled() => Some(Err(GaveUp::Stopped)),
+                    answer = completer.complete(request.clone(), slot) => match answer {
+                        Answer::Done(state) => Some(Ok(CompleteResponse { state })),
+                        Answer::Refused(status)
+                            if classify(status.code()) != Failure::Transient =>
+                        {
+                            Some(Err(GaveUp::Refused(classify(status.code()), status)))
+                        }
+                        Answer::Refused(_) => None,
+                        Answer::Fallback(slot) => {
+                            self.slot = slot;
+                            None
+                        }
+                    },
+                }
+            }
+            None => None,
+        };
+        let answer = match batched {
+            Some(answer) => answer,
+            None => {
+                retry("complete", Some(&self.abandon), None, || {
+                    rpc.complete(request.clone())
+                })
+                .await
+            }
+        };
         match answer {
             Ok(answer) => {
                 info!(

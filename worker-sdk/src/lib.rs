@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 mod backoff;
+mod completer;
 mod context;
 mod error;
 mod handler;

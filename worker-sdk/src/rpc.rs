@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use jobctl_proto::v1::worker_service_client::WorkerServiceClient;
 use jobctl_proto::v1::{
-    CompleteRequest, CompleteResponse, FailRequest, FailResponse, HeartbeatRequest,
-    HeartbeatResponse, LeaseRequest, LeaseResponse, ReleaseRequest, ReleaseResponse,
+    CompleteBatchRequest, CompleteBatchResponse, CompleteRequest, CompleteResponse, FailRequest,
+    FailResponse, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse, ReleaseRequest,
+    ReleaseResponse,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -87,6 +88,16 @@ impl Rpc {
     ) -> Result<CompleteResponse, Status> {
         self.call(request, self.timeout, |mut c, r| async move {
             c.complete(r).await
+        })
+        .await
+    }
+
+    pub(crate) async fn complete_batch(
+        &self,
+        request: CompleteBatchRequest,
+    ) -> Result<CompleteBatchResponse, Status> {
+        self.call(request, self.timeout, |mut c, r| async move {
+            c.complete_batch(r).await
         })
         .await
     }

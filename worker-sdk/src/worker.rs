@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobctl_proto::v1::{LeaseRequest, LeasedJob};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +16,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tracing::{Instrument, debug, error, info, warn};
 
 use crate::backoff::{Backoff, lease_failure_is_fatal};
+use crate::completer::{self, Completer, LeaseTarget};
 use crate::handler::{BoxHandler, HandlerResult, Handlers, boxed};
 use crate::job::{RELEASE_BUDGET, Shared, release, run_job};
 use crate::rpc::Rpc;
@@ -53,6 +54,7 @@ pub struct WorkerBuilder {
     tls: Option<Tls>,
     handlers: Handlers,
     problems: Vec<String>,
+    batch_completions: bool,
 }
 
 /// TLS settings of the connection to the server.
@@ -94,6 +96,7 @@ impl WorkerBuilder {
             tls: None,
             handlers: HashMap::new(),
             problems: Vec::new(),
+            batch_completions: true,
         }
     }
 
@@ -159,6 +162,17 @@ impl WorkerBuilder {
     /// How long connecting to the server may take. Default: 5s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Whether successful jobs are completed in batches (`CompleteBatch`,
+    /// one call for the completions that gathered while the last one was
+    /// under way), which also leases the next jobs in the same round trip.
+    /// Each completion is still checked against its own lease token. Against
+    /// a server without `CompleteBatch` the worker completes one by one by
+    /// itself. Default: on.
+    pub fn batch_completions(mut self, on: bool) -> Self {
+        self.batch_completions = on;
         self
     }
 
@@ -321,6 +335,7 @@ impl WorkerBuilder {
             rpc_timeout: self.rpc_timeout,
             metadata,
             handlers: self.handlers,
+            batch_completions: self.batch_completions,
         })
     }
 }
@@ -434,6 +449,7 @@ pub struct Worker {
     rpc_timeout: Duration,
     metadata: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
     handlers: Handlers,
+    batch_completions: bool,
 }
 
 impl fmt::Debug for Worker {
@@ -480,12 +496,27 @@ impl Worker {
         F: Future<Output = ()>,
     {
         let channel = self.endpoint.connect_lazy();
+        let rpc = Rpc::new(channel, self.metadata, self.rpc_timeout);
+        let (leased_tx, leased_rx) = mpsc::channel(16);
+        let stop_leasing = CancellationToken::new();
+        let completer = self.batch_completions.then(|| {
+            Completer::spawn(
+                rpc.clone(),
+                LeaseTarget {
+                    worker_id: self.worker_id.to_string(),
+                    queues: self.queues.clone(),
+                    leased: leased_tx,
+                    stop: stop_leasing.clone(),
+                },
+            )
+        });
         let shared = Arc::new(Shared {
-            rpc: Rpc::new(channel, self.metadata, self.rpc_timeout),
+            rpc,
             handlers: self.handlers,
             worker_id: self.worker_id.clone(),
             progress_interval: self.progress_interval,
             stop_grace: self.shutdown_grace,
+            completer,
         });
         let lease = LeaseLoop {
             shared: shared.clone(),
@@ -498,6 +529,8 @@ impl Worker {
             slots: Arc::new(Semaphore::new(self.concurrency)),
             abandon: CancellationToken::new(),
             jobs: JoinSet::new(),
+            leased: leased_rx,
+            stop_leasing,
         };
         info!(
             worker_id = %self.worker_id,
@@ -555,6 +588,10 @@ struct LeaseLoop {
     /// Fires when the shutdown grace is over.
     abandon: CancellationToken,
     jobs: JoinSet<()>,
+    /// Jobs leased along with batched completions, each with its slot.
+    leased: mpsc::Receiver<completer::Leased>,
+    /// Fired when leasing stops, so completions lease no more.
+    stop_leasing: CancellationToken,
 }
 
 impl LeaseLoop {
@@ -564,6 +601,22 @@ impl LeaseLoop {
         grace: Duration,
     ) -> Result<(), Error> {
         let result = self.lease(shutdown).await;
+        // No more leasing: what batched completions leased meanwhile goes back.
+        self.stop_leasing.cancel();
+        self.leased.close();
+        while let Ok(unstarted) = self.leased.try_recv() {
+            for (job, permit) in unstarted {
+                let rpc = self.shared.rpc.clone();
+                let span = tracing::info_span!("job", job_id = %job.job_id, kind = %job.kind);
+                self.jobs.spawn(
+                    async move {
+                        release(&rpc, &job.job_id, &job.lease_token).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+        }
         self.drain(grace).await;
         info!("worker stopped");
         result
@@ -581,6 +634,10 @@ impl LeaseLoop {
             let first = tokio::select! {
                 biased;
                 () = &mut shutdown => return Ok(()),
+                Some(leased) = self.leased.recv() => {
+                    self.start_with_slots(leased);
+                    continue;
+                }
                 permit = slots.acquire_owned() => permit,
             };
             let Ok(first) = first else {
@@ -602,10 +659,16 @@ impl LeaseLoop {
             let asked = Instant::now();
             // Dropping an in-flight Lease at shutdown may leave jobs leased to
             // us that we never see; their leases expire and they run again.
-            let answer = tokio::select! {
-                biased;
-                () = &mut shutdown => return Ok(()),
-                answer = self.shared.rpc.lease(request, self.lease_timeout) => answer,
+            let rpc = self.shared.rpc.clone();
+            let call = rpc.lease(request, self.lease_timeout);
+            let mut call = std::pin::pin!(call);
+            let answer = loop {
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => return Ok(()),
+                    answer = &mut call => break answer,
+                    Some(leased) = self.leased.recv() => self.start_with_slots(leased),
+                }
             };
             match answer {
                 Ok(answer) if answer.jobs.is_empty() => {
@@ -661,6 +724,16 @@ impl LeaseLoop {
         }
     }
 
+    /// Starts the jobs leased along with batched completions.
+    fn start_with_slots(&mut self, leased: completer::Leased) {
+        debug!(count = leased.len(), "leased jobs with completions");
+        for (job, permit) in leased {
+            let (shared, abandon) = (self.shared.clone(), self.abandon.clone());
+            self.jobs
+                .spawn(async move { run_job(shared, job, abandon, Some(permit)).await });
+        }
+    }
+
     /// Starts one task per leased job, each holding one slot. Jobs beyond
     /// what was asked for are handed back at once.
     fn start(&mut self, jobs: Vec<LeasedJob>, mut permits: Vec<OwnedSemaphorePermit>) {
@@ -669,10 +742,8 @@ impl LeaseLoop {
             match permits.pop() {
                 Some(permit) => {
                     let abandon = self.abandon.clone();
-                    self.jobs.spawn(async move {
-                        run_job(shared, job, abandon).await;
-                        drop(permit);
-                    });
+                    self.jobs
+                        .spawn(async move { run_job(shared, job, abandon, Some(permit)).await });
                 }
                 None => {
                     warn!(job_id = %job.job_id, "server leased more jobs than asked for, handing it back");

@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use super::{Shared, job_id, namespace};
 use crate::auth::Role;
+use crate::error::Error;
 use crate::metrics;
 use crate::telemetry::{self, REQUEST_ID};
 use crate::watch::{STREAM_BUFFER, Watcher, is_terminal_state};
@@ -150,6 +151,90 @@ impl JobService for JobApi {
         Ok(Response::new(v1::CancelResponse {
             state: state.into(),
             cancel_requested,
+        }))
+    }
+
+    async fn submit_batch(
+        &self,
+        request: Request<v1::SubmitBatchRequest>,
+    ) -> Result<Response<v1::SubmitBatchResponse>, Status> {
+        let ns = &namespace(&request, Role::Client)?;
+        let trace = trace_context(&request);
+        let req = request.into_inner();
+        let shared = &self.0;
+        let max = shared.validator.limits.max_submit_batch;
+        if req.jobs.is_empty() || req.jobs.len() > max {
+            return Err(Error::InvalidArgument {
+                field: "jobs",
+                reason: format!("a batch holds 1 to {max} jobs, not {}", req.jobs.len()),
+            }
+            .into());
+        }
+        // Every job is checked before anything is written.
+        let queue = req
+            .jobs
+            .first()
+            .map(|j| j.queue.clone())
+            .unwrap_or_default();
+        let mut jobs = Vec::with_capacity(req.jobs.len());
+        for (i, job) in req.jobs.into_iter().enumerate() {
+            if job.queue != queue {
+                return Err(Error::InvalidArgument {
+                    field: "jobs",
+                    reason: format!(
+                        "jobs[{i}].queue is {:?}: every job of a batch must name the same queue ({queue:?})",
+                        job.queue
+                    ),
+                }
+                .into());
+            }
+            let job = shared
+                .validator
+                .submit(job, trace.clone())
+                .map_err(|e| match e {
+                    Error::InvalidArgument { field, reason } => Error::InvalidArgument {
+                        field,
+                        reason: format!("{reason} (jobs[{i}])"),
+                    },
+                    other => other,
+                })?;
+            jobs.push(job);
+        }
+        let submitted = shared
+            .metrics
+            .store(shared.store.submit_batch(ns, &jobs).await)?;
+        let labels = metrics::queue(ns, &queue);
+        let mut due_in: Option<Duration> = None;
+        for (job, s) in jobs.iter().zip(&submitted) {
+            if s.deduplicated {
+                shared.metrics.deduplicated.get_or_create(&labels).inc();
+                continue;
+            }
+            shared.metrics.submitted.get_or_create(&labels).inc();
+            if s.state == v1::JobState::Scheduled {
+                let due = if job.delay_ms > 0 {
+                    Duration::from_millis(job.delay_ms)
+                } else {
+                    let at = std::time::UNIX_EPOCH + Duration::from_millis(job.run_at_ms);
+                    at.duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default()
+                };
+                due_in = Some(due_in.map_or(due, |d| d.min(due)));
+            }
+        }
+        if let Some(due_in) = due_in {
+            shared.maintenance.wake_in(due_in);
+        }
+        tracing::debug!(%queue, jobs = submitted.len(), "submitted a batch");
+        Ok(Response::new(v1::SubmitBatchResponse {
+            results: submitted
+                .into_iter()
+                .map(|s| v1::SubmitResponse {
+                    job_id: s.job_id,
+                    deduplicated: s.deduplicated,
+                    state: s.state.into(),
+                })
+                .collect(),
         }))
     }
 

@@ -14,20 +14,25 @@ use crate::error::Error;
 use crate::keys::queue_tag;
 use crate::metrics::{self, Metrics};
 use crate::model::duration_ms;
-use crate::store::{Failure, timestamp};
+use crate::store::{Completion, Failure, timestamp};
 use crate::telemetry;
 
 pub struct WorkerApi(pub Arc<Shared>);
 
 impl WorkerApi {
     /// Leases from the queues in order until `max` jobs are found or all
-    /// were tried.
+    /// were tried. With `waiting` (a long poll: woken by the queue's signal
+    /// while it waits), a queue this process found empty with nothing made
+    /// ready since is not looked at again, so idle long polls cost Redis
+    /// nothing; a call that answers at once always looks (a wake-up may
+    /// still be on its way from Redis).
     async fn lease_now(
         &self,
         ns: &str,
         worker_id: &str,
         queues: &[String],
         max: usize,
+        waiting: bool,
     ) -> Result<Vec<v1::LeasedJob>, Error> {
         let metrics = &self.0.metrics;
         let mut jobs = Vec::new();
@@ -36,7 +41,15 @@ impl WorkerApi {
             if want == 0 {
                 break;
             }
+            let signal = self.0.signals.queue(&queue_tag(ns, queue));
+            if waiting && signal.known_empty() {
+                continue;
+            }
+            let generation = signal.generation();
             let leased = metrics.store(self.0.store.lease(ns, queue, worker_id, want).await)?;
+            if leased.is_empty() {
+                signal.found_empty(generation);
+            }
             let labels = metrics::queue(ns, queue);
             for l in leased {
                 metrics.leased.get_or_create(&labels).inc();
@@ -46,6 +59,12 @@ impl WorkerApi {
         }
         Ok(jobs)
     }
+}
+
+/// The status of one item of a batch.
+fn item_status(e: Error) -> (i32, String) {
+    let status = Status::from(e);
+    (status.code() as i32, status.message().to_owned())
 }
 
 #[tonic::async_trait]
@@ -85,7 +104,7 @@ impl WorkerService for WorkerApi {
         let notifiers: Vec<_> = req
             .queues
             .iter()
-            .map(|q| shared.signals.notifier(&queue_tag(ns, q)))
+            .map(|q| shared.signals.queue(&queue_tag(ns, q)))
             .collect();
         loop {
             // Register for wake-ups before looking, so none is missed between.
@@ -93,7 +112,9 @@ impl WorkerService for WorkerApi {
             for w in &mut woken {
                 w.as_mut().enable();
             }
-            let jobs = self.lease_now(ns, &req.worker_id, &req.queues, max).await?;
+            let jobs = self
+                .lease_now(ns, &req.worker_id, &req.queues, max, !wait.is_zero())
+                .await?;
             if !jobs.is_empty() || Instant::now() >= deadline || shared.shutdown.is_cancelled() {
                 for job in &jobs {
                     // One short span per job handed out, linked to the
@@ -174,6 +195,117 @@ impl WorkerService for WorkerApi {
         Ok(Response::new(v1::CompleteResponse {
             state: state.into(),
         }))
+    }
+
+    async fn complete_batch(
+        &self,
+        request: Request<v1::CompleteBatchRequest>,
+    ) -> Result<Response<v1::CompleteBatchResponse>, Status> {
+        let ns = &namespace(&request, Role::Worker)?;
+        let req = request.into_inner();
+        let shared = &self.0;
+        let v = &shared.validator;
+        let limits = &v.limits;
+        if req.completions.len() > limits.max_complete_batch {
+            return Err(Error::InvalidArgument {
+                field: "completions",
+                reason: format!("at most {} per call", limits.max_complete_batch),
+            }
+            .into());
+        }
+        if req.lease_max_jobs > limits.max_lease_batch {
+            return Err(Error::InvalidArgument {
+                field: "lease_max_jobs",
+                reason: format!("must be at most {}", limits.max_lease_batch),
+            }
+            .into());
+        }
+        if req.lease_max_jobs > 0 {
+            v.name("worker_id", &req.worker_id)?;
+            if req.queues.is_empty() || req.queues.len() > limits.max_lease_queues {
+                return Err(Error::InvalidArgument {
+                    field: "queues",
+                    reason: format!("name 1 to {} queues", limits.max_lease_queues),
+                }
+                .into());
+            }
+            for queue in &req.queues {
+                v.queue("queues", queue)?;
+            }
+        }
+        // Each completion is checked on its own; a bad one is answered in
+        // its result and does not hold up the others.
+        let mut results: Vec<v1::CompleteBatchResult> = req
+            .completions
+            .iter()
+            .map(|c| v1::CompleteBatchResult {
+                job_id: c.job_id.clone(),
+                ..Default::default()
+            })
+            .collect();
+        let mut valid = Vec::with_capacity(req.completions.len());
+        let mut at = Vec::with_capacity(req.completions.len());
+        for (i, c) in req.completions.iter().enumerate() {
+            let checked = job_id(&c.job_id).and_then(|id| {
+                let token = lease_token(&c.lease_token)?;
+                v.size("result", c.result.len(), limits.max_result_bytes)?;
+                Ok(Completion {
+                    id,
+                    token,
+                    result: &c.result,
+                })
+            });
+            match checked {
+                Ok(completion) => {
+                    valid.push(completion);
+                    at.push(i);
+                }
+                Err(e) => (results[i].code, results[i].message) = item_status(e),
+            }
+        }
+        let metrics = &shared.metrics;
+        let answers = if valid.is_empty() {
+            Vec::new()
+        } else {
+            metrics.store(shared.store.complete_batch(ns, &valid).await)?
+        };
+        for ((completion, i), answer) in valid.iter().zip(at).zip(answers) {
+            match answer {
+                Ok(ended) => {
+                    if let Some(run_time) = ended.run_time {
+                        let labels = metrics::queue(ns, completion.id.queue());
+                        metrics.completed.get_or_create(&labels).inc();
+                        Metrics::observe(&metrics.run_seconds, &labels, run_time);
+                    }
+                    results[i].state = ended.state.into();
+                }
+                Err(e) => (results[i].code, results[i].message) = item_status(e),
+            }
+        }
+        let mut jobs = Vec::new();
+        if req.lease_max_jobs > 0 && !shared.shutdown.is_cancelled() {
+            // The completions stand whatever happens to the lease.
+            match self
+                .lease_now(
+                    ns,
+                    &req.worker_id,
+                    &req.queues,
+                    req.lease_max_jobs as usize,
+                    false,
+                )
+                .await
+            {
+                Ok(leased) => jobs = leased,
+                Err(error) => tracing::warn!(%error, "lease after complete batch failed"),
+            }
+        }
+        tracing::debug!(
+            completions = results.len(),
+            leased = jobs.len(),
+            worker_id = %req.worker_id,
+            "completed a batch"
+        );
+        Ok(Response::new(v1::CompleteBatchResponse { results, jobs }))
     }
 
     async fn fail(

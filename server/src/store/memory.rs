@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::codec::timestamp;
 use super::{
-    AttemptEnded, Failure, Heartbeat, Leased, Maintenance, Store, StoreOptions, Submitted,
+    AttemptEnded, Completion, Failure, Heartbeat, Leased, Maintenance, Store, StoreOptions,
+    Submitted,
 };
 use crate::error::{Error, Result};
 use crate::keys::{JobId, queue_tag};
@@ -334,58 +335,41 @@ impl MemoryStore {
         (JobState::Failed, None)
     }
 
-    /// The job if `token` holds its running lease (mirrors `check_lease`).
-    fn leased<'a>(
-        state: &'a mut State,
-        ns: &str,
-        id: &JobId,
-        token: &str,
-        what: &str,
-    ) -> Result<(&'a mut Job, &'a mut Queue)> {
-        let (job, queue) = state.job_and_queue(ns, id)?;
-        if job.state != JobState::Running || job.token.as_deref() != Some(token) {
-            return Err(stale(id, what, job.state));
-        }
-        Ok((job, queue))
-    }
-}
-
-#[tonic::async_trait]
-impl Store for MemoryStore {
-    async fn ping(&self) -> Result<()> {
-        Ok(())
+    fn state_of(state: &State, ns: &str, job_id: &str) -> JobState {
+        state
+            .jobs
+            .get(&(ns.to_owned(), job_id.to_owned()))
+            .map_or(JobState::Unspecified, |j| j.state)
     }
 
-    async fn submit(&self, ns: &str, new: &NewJob) -> Result<Submitted> {
-        let now = now_ms();
-        let mut state = self.state();
-        let tag = queue_tag(ns, new.queue());
-        if let Some(key) = &new.idempotency_key {
-            let idem = (tag.clone(), key.clone());
-            match state.idempotency.get(&idem) {
-                Some((id, hash, expires)) if *expires > now => {
-                    if *hash != new.request_hash {
-                        return Err(Error::IdempotencyConflict {
-                            key: key.clone(),
-                            job_id: id.clone(),
-                        });
-                    }
-                    let job_id = id.clone();
-                    let job_state = state
-                        .jobs
-                        .get(&(ns.to_owned(), job_id.clone()))
-                        .map_or(JobState::Unspecified, |j| j.state);
-                    return Ok(Submitted {
-                        job_id,
-                        deduplicated: true,
-                        state: job_state,
+    /// The job an unexpired idempotency key of `new` already made, if any;
+    /// the key used for a different request is a conflict.
+    fn prior(state: &State, ns: &str, new: &NewJob, now: u64) -> Result<Option<String>> {
+        let Some(key) = &new.idempotency_key else {
+            return Ok(None);
+        };
+        let idem = (queue_tag(ns, new.queue()), key.clone());
+        match state.idempotency.get(&idem) {
+            Some((id, hash, expires)) if *expires > now => {
+                if *hash != new.request_hash {
+                    return Err(Error::IdempotencyConflict {
+                        key: key.clone(),
+                        job_id: id.clone(),
                     });
                 }
-                _ => {}
+                Ok(Some(id.clone()))
             }
+            _ => Ok(None),
+        }
+    }
+
+    /// Creates a job (mirrors `create_job` in prelude.lua) and records its
+    /// idempotency key; returns its state. The caller wakes the queue.
+    fn create(&self, state: &mut State, ns: &str, new: &NewJob, now: u64) -> JobState {
+        if let Some(key) = &new.idempotency_key {
             let ttl = u64::try_from(self.options.idempotency_ttl.as_millis()).unwrap_or(u64::MAX);
             state.idempotency.insert(
-                idem,
+                (queue_tag(ns, new.queue()), key.clone()),
                 (
                     new.id.to_string(),
                     new.request_hash.clone(),
@@ -449,6 +433,77 @@ impl Store for MemoryStore {
         job.event(self.cap(), EventKind::StateChanged, now, |_| {});
         let job_state = job.state;
         state.jobs.insert((ns.to_owned(), new.id.to_string()), job);
+        job_state
+    }
+
+    /// Ends a running attempt with success (mirrors `complete_one` in
+    /// prelude.lua).
+    fn complete_one(
+        &self,
+        state: &mut State,
+        ns: &str,
+        id: &JobId,
+        token: &str,
+        result: &[u8],
+        now: u64,
+    ) -> Result<AttemptEnded> {
+        {
+            let job = state.job(ns, id)?;
+            if job.state == JobState::Succeeded && job.token.as_deref() == Some(token) {
+                return Ok(AttemptEnded {
+                    state: JobState::Succeeded,
+                    retry_in: None,
+                    run_time: None,
+                });
+            }
+        }
+        let (job, queue) = Self::leased(state, ns, id, token, "complete")?;
+        let run_time = Duration::from_millis(now.saturating_sub(job.started));
+        job.result = Some(result.to_vec());
+        self.finish(job, queue, JobState::Succeeded, now, |e| {
+            e.result = result.to_vec()
+        });
+        Ok(AttemptEnded {
+            state: JobState::Succeeded,
+            retry_in: None,
+            run_time: Some(run_time),
+        })
+    }
+
+    /// The job if `token` holds its running lease (mirrors `check_lease`).
+    fn leased<'a>(
+        state: &'a mut State,
+        ns: &str,
+        id: &JobId,
+        token: &str,
+        what: &str,
+    ) -> Result<(&'a mut Job, &'a mut Queue)> {
+        let (job, queue) = state.job_and_queue(ns, id)?;
+        if job.state != JobState::Running || job.token.as_deref() != Some(token) {
+            return Err(stale(id, what, job.state));
+        }
+        Ok((job, queue))
+    }
+}
+
+#[tonic::async_trait]
+impl Store for MemoryStore {
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn submit(&self, ns: &str, new: &NewJob) -> Result<Submitted> {
+        let now = now_ms();
+        let mut state = self.state();
+        if let Some(job_id) = Self::prior(&state, ns, new, now)? {
+            let job_state = Self::state_of(&state, ns, &job_id);
+            return Ok(Submitted {
+                job_id,
+                deduplicated: true,
+                state: job_state,
+            });
+        }
+        let job_state = self.create(&mut state, ns, new, now);
         drop(state);
         if job_state == JobState::Queued {
             self.wake(ns, new.queue());
@@ -458,6 +513,68 @@ impl Store for MemoryStore {
             deduplicated: false,
             state: job_state,
         })
+    }
+
+    async fn submit_batch(&self, ns: &str, jobs: &[NewJob]) -> Result<Vec<Submitted>> {
+        let Some(first) = jobs.first() else {
+            return Ok(Vec::new());
+        };
+        if jobs.iter().any(|j| j.queue() != first.queue()) {
+            return Err(Error::InvalidArgument {
+                field: "jobs",
+                reason: "every job of a batch must name the same queue".into(),
+            });
+        }
+        let now = now_ms();
+        let mut state = self.state();
+        // Check every job before writing any (mirrors submit_batch.lua).
+        let mut seen: HashMap<&str, (String, &str)> = HashMap::new();
+        let mut dups: Vec<Option<String>> = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let Some(key) = job.idempotency_key.as_deref() else {
+                dups.push(None);
+                continue;
+            };
+            if let Some((id, hash)) = seen.get(key) {
+                if *hash != job.request_hash {
+                    return Err(Error::IdempotencyConflict {
+                        key: key.to_owned(),
+                        job_id: id.clone(),
+                    });
+                }
+                dups.push(Some(id.clone()));
+                continue;
+            }
+            let prior = Self::prior(&state, ns, job, now)?;
+            if prior.is_none() {
+                seen.insert(key, (job.id.to_string(), job.request_hash.as_str()));
+            }
+            dups.push(prior);
+        }
+        let mut queued = false;
+        for (job, dup) in jobs.iter().zip(&dups) {
+            if dup.is_none() {
+                queued |= self.create(&mut state, ns, job, now) == JobState::Queued;
+            }
+        }
+        let out = jobs
+            .iter()
+            .zip(dups)
+            .map(|(job, dup)| {
+                let deduplicated = dup.is_some();
+                let job_id = dup.unwrap_or_else(|| job.id.to_string());
+                Submitted {
+                    state: Self::state_of(&state, ns, &job_id),
+                    job_id,
+                    deduplicated,
+                }
+            })
+            .collect();
+        drop(state);
+        if queued {
+            self.wake(ns, first.queue());
+        }
+        Ok(out)
     }
 
     async fn get(&self, ns: &str, id: &JobId) -> Result<v1::Job> {
@@ -602,27 +719,20 @@ impl Store for MemoryStore {
     ) -> Result<AttemptEnded> {
         let now = now_ms();
         let mut state = self.state();
-        {
-            let job = state.job(ns, id)?;
-            if job.state == JobState::Succeeded && job.token.as_deref() == Some(token) {
-                return Ok(AttemptEnded {
-                    state: JobState::Succeeded,
-                    retry_in: None,
-                    run_time: None,
-                });
-            }
-        }
-        let (job, queue) = Self::leased(&mut state, ns, id, token, "complete")?;
-        let run_time = Duration::from_millis(now.saturating_sub(job.started));
-        job.result = Some(result.to_vec());
-        self.finish(job, queue, JobState::Succeeded, now, |e| {
-            e.result = result.to_vec()
-        });
-        Ok(AttemptEnded {
-            state: JobState::Succeeded,
-            retry_in: None,
-            run_time: Some(run_time),
-        })
+        self.complete_one(&mut state, ns, id, token, result, now)
+    }
+
+    async fn complete_batch(
+        &self,
+        ns: &str,
+        completions: &[Completion<'_>],
+    ) -> Result<Vec<Result<AttemptEnded>>> {
+        let now = now_ms();
+        let mut state = self.state();
+        Ok(completions
+            .iter()
+            .map(|c| self.complete_one(&mut state, ns, &c.id, c.token, c.result, now))
+            .collect())
     }
 
     async fn fail(

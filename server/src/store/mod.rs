@@ -69,6 +69,14 @@ pub struct AttemptEnded {
     pub run_time: Option<Duration>,
 }
 
+/// One attempt to end with success, in a batch.
+#[derive(Clone, Debug)]
+pub struct Completion<'a> {
+    pub id: JobId,
+    pub token: &'a str,
+    pub result: &'a [u8],
+}
+
 /// What a maintenance pass over every queue did.
 #[derive(Clone, Debug, Default)]
 pub struct Maintenance {
@@ -97,6 +105,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates a job, or finds the one its idempotency key already made.
     async fn submit(&self, ns: &str, job: &NewJob) -> Result<Submitted>;
+
+    /// Creates several jobs of one queue, all or none: a batch whose
+    /// idempotency key was used for a different request (on the queue or
+    /// within the batch) is refused whole and writes nothing. A key seen
+    /// before with the same request gives that job back, deduplicated. The
+    /// answers are in the order of `jobs`.
+    async fn submit_batch(&self, ns: &str, jobs: &[NewJob]) -> Result<Vec<Submitted>>;
 
     /// The job's record.
     async fn get(&self, ns: &str, id: &JobId) -> Result<v1::Job>;
@@ -132,6 +147,15 @@ pub trait Store: Send + Sync + 'static {
         token: &str,
         result: &[u8],
     ) -> Result<AttemptEnded>;
+
+    /// Ends several attempts with success, each checked against its own
+    /// lease token as [`Store::complete`] does: one answer per completion,
+    /// in order, and a refused one changes nothing.
+    async fn complete_batch(
+        &self,
+        ns: &str,
+        completions: &[Completion<'_>],
+    ) -> Result<Vec<Result<AttemptEnded>>>;
 
     /// Ends an attempt with an error; it is retried while attempts remain.
     async fn fail(

@@ -1,5 +1,6 @@
 //! The Redis job store: one Lua script round trip per transition.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::codec::{self, Record, Reply, encode_map};
 use super::scripts::Scripts;
-use super::{AttemptEnded, Failure, Heartbeat, Leased, Maintained, Maintenance, Store, Submitted};
+use super::{
+    AttemptEnded, Completion, Failure, Heartbeat, Leased, Maintained, Maintenance, Store, Submitted,
+};
 use crate::error::{Error, Result};
 use crate::keys::{JobId, Keyspace, QueueKeys};
 use crate::model::NewJob;
@@ -48,7 +51,14 @@ pub struct RedisStore {
     lease_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// When this process last recorded each queue in the registry.
     registered: Mutex<HashMap<String, std::time::Instant>>,
+    /// The registry as last read by the maintenance pass, and the passes
+    /// since.
+    registry_cache: Mutex<(u32, Vec<(String, String)>)>,
 }
+
+/// The maintenance pass reads the queue registry every this many passes
+/// (queues this process registers are maintained from the first pass on).
+const REGISTRY_EVERY: u32 = 10;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -112,6 +122,7 @@ impl RedisStore {
             options,
             lease_locks: Mutex::new(HashMap::new()),
             registered: Mutex::new(HashMap::new()),
+            registry_cache: Mutex::new((0, Vec::new())),
         })
     }
 
@@ -273,7 +284,34 @@ impl Store for RedisStore {
     /// Answers once Redis does.
     async fn maintain(&self) -> Result<Maintenance> {
         let mut report = Maintenance::default();
-        for (ns, queue) in self.queues().await? {
+        // The registry is read every REGISTRY_EVERY passes, not every pass:
+        // an idle replica's cost is what its queues need, nothing more.
+        let cached = {
+            let mut cache = lock(&self.registry_cache);
+            cache.0 = (cache.0 + 1) % REGISTRY_EVERY;
+            (cache.0 != 1).then(|| cache.1.clone())
+        };
+        let mut queues = match cached {
+            Some(queues) => queues,
+            None => match self.queues().await {
+                Ok(queues) => {
+                    lock(&self.registry_cache).1 = queues.clone();
+                    queues
+                }
+                Err(e) => {
+                    lock(&self.registry_cache).0 = 0;
+                    return Err(e);
+                }
+            },
+        };
+        for tag in lock(&self.registered).keys() {
+            if let Some((ns, q)) = tag.split_once(':')
+                && !queues.iter().any(|(n, x)| n == ns && x == q)
+            {
+                queues.push((ns.to_owned(), q.to_owned()));
+            }
+        }
+        for (ns, queue) in queues {
             match self.maintain_queue(&ns, &queue).await {
                 Ok(done) => {
                     if let Some(ms) = done.next_due_in_ms {
@@ -307,8 +345,11 @@ impl Store for RedisStore {
     ) -> Result<Vec<v1::JobEvent>> {
         let qk = self.keys.queue(ns, id.queue());
         let ev = qk.events(id);
-        let (exists, first, entries): (bool, Value, Value) = redis::pipe()
-            .exists(qk.job(id))
+        type Head = (Option<i64>, Option<u64>, Option<i64>);
+        let ((state, created, initial), first, entries): (Head, Value, Value) = redis::pipe()
+            .cmd("HMGET")
+            .arg(qk.job(id))
+            .arg(&["st", "ct", "is"])
             .cmd("XRANGE")
             .arg(&ev)
             .arg("-")
@@ -323,20 +364,39 @@ impl Store for RedisStore {
             .arg(limit)
             .query_async(&mut self.conn())
             .await?;
-        if !exists {
+        if state.is_none() {
             return Err(Error::NotFound(id.to_string()));
         }
         let job_id = id.to_string();
-        let oldest = codec::stream_events(&first, &job_id)?;
-        if let Some(oldest) = oldest.first()
-            && oldest.seq > after + 1
+        let oldest = codec::stream_events(&first, &job_id)?
+            .first()
+            .map(|e| e.seq);
+        // The first event lives in the record (see prelude.lua) unless the
+        // stream holds it (records written before) or it was trimmed away.
+        let initial = initial
+            .filter(|_| oldest.is_none_or(|seq| seq == 2))
+            .map(|state| v1::JobEvent {
+                seq: 1,
+                job_id: job_id.clone(),
+                kind: v1::EventKind::StateChanged.into(),
+                state: codec::state(state).into(),
+                time: codec::timestamp(created.unwrap_or_default()),
+                ..Default::default()
+            });
+        let oldest = if initial.is_some() { Some(1) } else { oldest };
+        if let Some(oldest) = oldest
+            && oldest > after + 1
         {
             return Err(Error::OutOfRange(format!(
-                "events after {after} of job {id} are no longer kept; the oldest kept is {}",
-                oldest.seq
+                "events after {after} of job {id} are no longer kept; the oldest kept is {oldest}"
             )));
         }
-        codec::stream_events(&entries, &job_id)
+        let mut events = codec::stream_events(&entries, &job_id)?;
+        if let Some(initial) = initial.filter(|_| after == 0 && limit > 0) {
+            events.insert(0, initial);
+            events.truncate(limit);
+        }
+        Ok(events)
     }
 
     async fn ping(&self) -> Result<()> {
@@ -370,39 +430,8 @@ impl Store for RedisStore {
             .arg(self.cap())
             .arg(self.keys.wake_channel())
             .arg(qk.tag());
-        let b = &job.backoff;
-        inv.arg("q")
-            .arg(job.queue())
-            .arg("k")
-            .arg(&job.kind)
-            .arg("p")
-            .arg(&job.payload)
-            .arg("pr")
-            .arg(job.priority)
-            .arg("ma")
-            .arg(job.max_attempts)
-            .arg("bi")
-            .arg(b.initial_ms)
-            .arg("bm")
-            .arg(b.max_ms)
-            .arg("bx")
-            .arg(b.multiplier.to_string())
-            .arg("bj")
-            .arg(b.jitter.to_string())
-            .arg("lt")
-            .arg(job.lease_ttl_ms)
-            .arg("to")
-            .arg(job.timeout_ms)
-            .arg("rt")
-            .arg(job.retention_ms);
-        if let Some(key) = &job.idempotency_key {
-            inv.arg("ik").arg(key);
-        }
-        if !job.labels.is_empty() {
-            inv.arg("lb").arg(encode_map(&job.labels));
-        }
-        if !job.trace_context.is_empty() {
-            inv.arg("tc").arg(encode_map(&job.trace_context));
+        for (name, value) in job_fields(job) {
+            inv.arg(name).arg(value.as_ref());
         }
         let value: Value = inv.invoke_async(&mut self.conn()).await?;
         let reply = Reply::of(&value)?;
@@ -430,6 +459,91 @@ impl Store for RedisStore {
             }),
             other => Err(Error::Corrupt(format!(
                 "unexpected submit status {other:?}"
+            ))),
+        }
+    }
+
+    /// Creates several jobs of one queue in one script call, all or none.
+    async fn submit_batch(&self, ns: &str, jobs: &[NewJob]) -> Result<Vec<Submitted>> {
+        let Some(first) = jobs.first() else {
+            return Ok(Vec::new());
+        };
+        if jobs.iter().any(|j| j.queue() != first.queue()) {
+            return Err(Error::InvalidArgument {
+                field: "jobs",
+                reason: "every job of a batch must name the same queue".into(),
+            });
+        }
+        let qk = self.keys.queue(ns, first.queue());
+        self.register(&qk).await?;
+        let ttl_ms = u64::try_from(self.options.idempotency_ttl.as_millis()).unwrap_or(u64::MAX);
+        let mut inv = self.scripts.submit_batch.prepare_invoke();
+        inv.key(qk.ready()).key(qk.sched()).key(qk.seq());
+        for job in jobs {
+            inv.key(qk.job(&job.id))
+                .key(qk.idempotency(job.idempotency_key.as_deref().unwrap_or("")));
+        }
+        inv.arg(ttl_ms.max(1))
+            .arg(self.keys.wake_channel())
+            .arg(qk.tag());
+        for job in jobs {
+            let fields = job_fields(job);
+            inv.arg(job.id.to_string())
+                .arg(if job.idempotency_key.is_some() {
+                    "1"
+                } else {
+                    "0"
+                })
+                .arg(&job.request_hash)
+                .arg(job.run_at_ms)
+                .arg(job.delay_ms)
+                .arg(fields.len() * 2);
+            for (name, value) in fields {
+                inv.arg(name).arg(value.as_ref());
+            }
+        }
+        let value: Value = inv.invoke_async(&mut self.conn()).await?;
+        let reply = Reply::of(&value)?;
+        match reply.str(0) {
+            "ok" => {
+                let Some(Value::Array(items)) = reply.0.get(1) else {
+                    return Err(Error::Corrupt("unexpected submit batch reply".into()));
+                };
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    let r = Reply::of(item)?;
+                    let deduplicated = r.str(0) == "dup";
+                    let job_id = r.str(1).to_owned();
+                    let state = if deduplicated {
+                        match JobId::parse(&job_id) {
+                            Ok(id) => self.state_of(ns, &id).await?,
+                            Err(_) => JobState::Unspecified,
+                        }
+                    } else {
+                        codec::state(r.int(2))
+                    };
+                    out.push(Submitted {
+                        job_id,
+                        deduplicated,
+                        state,
+                    });
+                }
+                Ok(out)
+            }
+            "conflict" => {
+                let index = usize::try_from(reply.int(1)).unwrap_or_default();
+                let key = index
+                    .checked_sub(1)
+                    .and_then(|i| jobs.get(i))
+                    .and_then(|j| j.idempotency_key.clone())
+                    .unwrap_or_default();
+                Err(Error::IdempotencyConflict {
+                    key,
+                    job_id: reply.str(2).to_owned(),
+                })
+            }
+            other => Err(Error::Corrupt(format!(
+                "unexpected submit batch status {other:?}"
             ))),
         }
     }
@@ -585,6 +699,60 @@ impl Store for RedisStore {
             }),
             _ => Err(refusal(&reply, id, "complete")),
         }
+    }
+
+    /// One script call per queue named (normally one).
+    async fn complete_batch(
+        &self,
+        ns: &str,
+        completions: &[Completion<'_>],
+    ) -> Result<Vec<Result<AttemptEnded>>> {
+        let mut out: Vec<Option<Result<AttemptEnded>>> = completions.iter().map(|_| None).collect();
+        let mut queues: Vec<&str> = completions.iter().map(|c| c.id.queue()).collect();
+        queues.sort_unstable();
+        queues.dedup();
+        let mut conn = self.conn();
+        for queue in queues {
+            let qk = self.keys.queue(ns, queue);
+            let group: Vec<usize> = (0..completions.len())
+                .filter(|&i| completions[i].id.queue() == queue)
+                .collect();
+            let mut inv = self.scripts.complete_batch.prepare_invoke();
+            inv.key(qk.active()).key(qk.done());
+            for &i in &group {
+                let id = &completions[i].id;
+                inv.key(qk.job(id)).key(qk.events(id));
+            }
+            inv.arg(self.cap());
+            for &i in &group {
+                let c = &completions[i];
+                inv.arg(c.id.to_string()).arg(c.token).arg(c.result);
+            }
+            let value: Value = inv.invoke_async(&mut conn).await?;
+            let Value::Array(entries) = value else {
+                return Err(Error::Corrupt("unexpected complete batch reply".into()));
+            };
+            if entries.len() != group.len() {
+                return Err(Error::Corrupt(
+                    "complete batch reply of the wrong length".into(),
+                ));
+            }
+            for (&i, entry) in group.iter().zip(&entries) {
+                let reply = Reply::of(entry)?;
+                out[i] = Some(match reply.str(0) {
+                    "ok" => Ok(AttemptEnded {
+                        state: codec::state(reply.int(1)),
+                        retry_in: None,
+                        run_time: (reply.int(2) >= 0).then(|| reply.millis(2)),
+                    }),
+                    _ => Err(refusal(&reply, &completions[i].id, "complete")),
+                });
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Corrupt("no answer".into()))))
+            .collect())
     }
 
     async fn fail(
@@ -758,6 +926,36 @@ impl Store for RedisStore {
             finished,
         })
     }
+}
+
+/// The job hash's initial fields (see prelude.lua), as name/value pairs.
+fn job_fields(job: &NewJob) -> Vec<(&'static str, Cow<'_, [u8]>)> {
+    let b = &job.backoff;
+    let num = |n: &dyn ToString| Cow::Owned(n.to_string().into_bytes());
+    let mut fields = vec![
+        ("q", Cow::Borrowed(job.queue().as_bytes())),
+        ("k", Cow::Borrowed(job.kind.as_bytes())),
+        ("p", Cow::Borrowed(job.payload.as_slice())),
+        ("pr", num(&job.priority)),
+        ("ma", num(&job.max_attempts)),
+        ("bi", num(&b.initial_ms)),
+        ("bm", num(&b.max_ms)),
+        ("bx", num(&b.multiplier)),
+        ("bj", num(&b.jitter)),
+        ("lt", num(&job.lease_ttl_ms)),
+        ("to", num(&job.timeout_ms)),
+        ("rt", num(&job.retention_ms)),
+    ];
+    if let Some(key) = &job.idempotency_key {
+        fields.push(("ik", Cow::Borrowed(key.as_bytes())));
+    }
+    if !job.labels.is_empty() {
+        fields.push(("lb", Cow::Owned(encode_map(&job.labels))));
+    }
+    if !job.trace_context.is_empty() {
+        fields.push(("tc", Cow::Owned(encode_map(&job.trace_context))));
+    }
+    fields
 }
 
 fn with_job_keys(inv: &mut redis::ScriptInvocation<'_>, qk: &QueueKeys, ids: &[JobId]) {

@@ -14,9 +14,11 @@ macro_rules! script {
 /// Every transition script, loaded once per process.
 pub struct Scripts {
     pub submit: Script,
+    pub submit_batch: Script,
     pub lease: Script,
     pub heartbeat: Script,
     pub complete: Script,
+    pub complete_batch: Script,
     pub fail: Script,
     pub release: Script,
     pub cancel: Script,
@@ -30,9 +32,11 @@ impl Scripts {
     pub fn new() -> Self {
         Scripts {
             submit: script!("submit.lua"),
+            submit_batch: script!("submit_batch.lua"),
             lease: script!("lease.lua"),
             heartbeat: script!("heartbeat.lua"),
             complete: script!("complete.lua"),
+            complete_batch: script!("complete_batch.lua"),
             fail: script!("fail.lua"),
             release: script!("release.lua"),
             cancel: script!("cancel.lua"),

@@ -253,6 +253,14 @@ impl WorkerService for Svc {
         })
     }
 
+    async fn complete_batch(
+        &self,
+        _: Request<jobctl_proto::v1::CompleteBatchRequest>,
+    ) -> Result<Response<jobctl_proto::v1::CompleteBatchResponse>, Status> {
+        // An older server: the worker completes one by one.
+        Err(Status::unimplemented("no CompleteBatch"))
+    }
+
     async fn release(
         &self,
         request: Request<ReleaseRequest>,

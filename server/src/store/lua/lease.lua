@@ -8,34 +8,55 @@
 -- deadline ms (0: none), kind, payload, max attempts, checkpoint or nil,
 -- labels, trace context, lease ttl ms, queue, ms it waited ready}
 local now = now_ms()
+local nows = fmt(now)
+local ids = {}
+for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
+if #ids == 0 then return {} end
+-- Which candidates are still ready (one call); claim those (one call).
+local scores = redis.call('ZMSCORE', KEYS[1], unpack(ids))
+local claim = { 'ZREM', KEYS[1] }
+for i = 1, #ids do
+  if scores[i] then claim[#claim + 1] = ids[i] end
+end
+if #claim == 2 then return {} end
+redis.call(unpack(claim))
 local out = {}
-for i = 4, #ARGV do
-  local id = ARGV[i]
-  local job = KEYS[3 + (i - 4) * 2]
-  local ev = KEYS[4 + (i - 4) * 2]
-  if redis.call('ZREM', KEYS[1], id) == 1 then
-    local f = redis.call('HMGET', job, 'st', 'lt', 'to')
+local active = { 'ZADD', KEYS[2] }
+for i = 1, #ids do
+  if scores[i] then
+    local id = ids[i]
+    local job = KEYS[1 + i * 2]
+    local ev = KEYS[2 + i * 2]
+    local f = redis.call('HMGET', job, 'st', 'lt', 'to', 'fen', 'a', 'seq', 'pg',
+      'k', 'p', 'ma', 'cp', 'lb', 'tc', 'q', 'ra')
     if tonumber(f[1]) == S_QUEUED then
-      local fence = redis.call('HINCRBY', job, 'fen', 1)
-      local token = fence .. '.' .. ARGV[2] .. (i - 3)
-      local attempt = redis.call('HINCRBY', job, 'a', 1)
+      local fence = tonumber(f[4] or '0') + 1
+      local token = fence .. '.' .. ARGV[2] .. i
+      local attempt = tonumber(f[5] or '0') + 1
+      local seq = tonumber(f[6] or '0') + 1
       local le = now + tonumber(f[2])
       local dl = 0
+      local set = { 'HSET', job, 'st', S_RUNNING, 'tok', token, 'w', ARGV[1], 'sa', nows,
+        'ua', nows, 'fen', fence, 'a', attempt, 'seq', seq }
       if tonumber(f[3] or '0') > 0 then
         dl = now + tonumber(f[3])
         if dl < le then le = dl end
-        redis.call('HSET', job, 'dl', fmt(dl))
+        set[#set + 1] = 'dl'
+        set[#set + 1] = fmt(dl)
       end
-      redis.call('HSET', job, 'st', S_RUNNING, 'tok', token, 'w', ARGV[1],
-        'le', fmt(le), 'sa', fmt(now), 'ua', fmt(now))
-      redis.call('ZADD', KEYS[2], fmt(le), id)
-      add_event(job, ev, ARGV[3], E_STATE, S_RUNNING, now)
-      local d = redis.call('HMGET', job, 'k', 'p', 'ma', 'cp', 'lb', 'tc', 'lt', 'q', 'ra')
-      local waited = now - tonumber(d[9] or now)
+      set[#set + 1] = 'le'
+      set[#set + 1] = fmt(le)
+      redis.call(unpack(set))
+      active[#active + 1] = fmt(le)
+      active[#active + 1] = id
+      append_event(ev, ARGV[3], seq, E_STATE, S_RUNNING, now, attempt, f[7])
+      local waited = now - tonumber(f[15] or now)
       if waited < 0 then waited = 0 end
-      out[#out + 1] = { id, token, attempt, fmt(le), fmt(dl), d[1] or '', d[2] or '',
-        d[3] or '1', d[4] or false, d[5] or '', d[6] or '', d[7] or '0', d[8] or '', fmt(waited) }
+      out[#out + 1] = { id, token, attempt, fmt(le), fmt(dl), f[8] or '', f[9] or '',
+        f[10] or '1', f[11] or false, f[12] or '', f[13] or '', f[2] or '0', f[14] or '',
+        fmt(waited) }
     end
   end
 end
+if #active > 2 then redis.call(unpack(active)) end
 return out

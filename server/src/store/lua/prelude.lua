@@ -9,7 +9,11 @@
 -- on Redis's clock), tok lease token, fen fencing counter, w worker id,
 -- le lease expiry, dl attempt deadline, pg progress, cp checkpoint,
 -- res result, err error, cr cancel requested, crr cancel reason,
--- seq last event sequence number.
+-- seq last event sequence number, is the state the job was created in.
+--
+-- A job's first event (seq 1: created QUEUED or SCHEDULED) is not written
+-- to its stream: it follows from the record (is, ct), so a queued job costs
+-- no stream at all until its second event. The reader puts it back.
 local S_SCHEDULED, S_QUEUED, S_RUNNING = 1, 2, 3
 local S_SUCCEEDED, S_FAILED, S_CANCELLED = 4, 5, 6
 local E_STATE, E_PROGRESS, E_CANCEL = 1, 2, 3
@@ -31,16 +35,15 @@ local function is_terminal(st)
   return st == S_SUCCEEDED or st == S_FAILED or st == S_CANCELLED
 end
 
--- Appends an event to the job's durable history with the next sequence
--- number. `extra` is a flat list of more field/value pairs.
-local function add_event(job, ev, cap, kind, state, now, extra)
-  local seq = redis.call('HINCRBY', job, 'seq', 1)
-  local f = redis.call('HMGET', job, 'a', 'pg')
+-- Appends the event numbered `seq` to the job's durable history and tells
+-- watchers. `attempt` and `pg` are the job's attempt and progress after it;
+-- `extra` is a flat list of more field/value pairs.
+local function append_event(ev, cap, seq, kind, state, now, attempt, pg, extra)
   local args = { 'XADD', ev, 'MAXLEN', '~', cap, seq .. '-0',
-    'k', kind, 's', state, 't', fmt(now), 'a', f[1] or '0' }
-  if f[2] then
+    'k', kind, 's', state, 't', fmt(now), 'a', attempt or '0' }
+  if pg then
     args[#args + 1] = 'p'
-    args[#args + 1] = f[2]
+    args[#args + 1] = pg
   end
   if extra then
     for i = 1, #extra do args[#args + 1] = extra[i] end
@@ -48,6 +51,14 @@ local function add_event(job, ev, cap, kind, state, now, extra)
   redis.call(unpack(args))
   -- Watchers learn of it on a channel named after the stream (not a key).
   redis.call('PUBLISH', ev, seq)
+end
+
+-- Appends an event to the job's durable history with the next sequence
+-- number. `extra` is a flat list of more field/value pairs.
+local function add_event(job, ev, cap, kind, state, now, extra)
+  local seq = redis.call('HINCRBY', job, 'seq', 1)
+  local f = redis.call('HMGET', job, 'a', 'pg')
+  append_event(ev, cap, seq, kind, state, now, f[1], f[2], extra)
   return seq
 end
 
@@ -122,4 +133,76 @@ local function check_lease(job, token)
     return { 'stale', tonumber(f[1]) }
   end
   return nil
+end
+
+-- Ends the running attempt of `job` with success (complete, complete_batch).
+-- A retried Complete of the attempt that already succeeded is answered
+-- again, so a worker that lost the first reply does not see an error.
+-- With `defer` (a batch), the job's moves between the queue's sets are
+-- added to defer.active (ZREM) and defer.done (ZADD) for one call each.
+-- Returns {'ok', state, ms the attempt ran (-1: already completed)}
+--       | {'missing'} | {'stale', state}
+local function complete_one(job, ev, active, done, id, token, result, cap, now, defer)
+  local f = redis.call('HMGET', job, 'st', 'tok', 'sa', 'rt', 'seq', 'a', 'pg')
+  if not f[1] then return { 'missing' } end
+  local st = tonumber(f[1])
+  if st ~= S_RUNNING or f[2] ~= token then
+    if st == S_SUCCEEDED and f[2] == token then return { 'ok', S_SUCCEEDED, -1 } end
+    return { 'stale', st }
+  end
+  local ran = now - tonumber(f[3] or now)
+  local rt = tonumber(f[4] or '0')
+  local ex = fmt(now + rt)
+  local seq = tonumber(f[5] or '0') + 1
+  local nows = fmt(now)
+  -- As finish() does, in fewer calls.
+  redis.call('HSET', job, 'res', result, 'st', S_SUCCEEDED, 'fa', nows, 'ua', nows, 'ex', ex,
+    'seq', seq)
+  redis.call('HDEL', job, 'le', 'dl')
+  if defer then
+    defer.active[#defer.active + 1] = id
+    defer.done[#defer.done + 1] = ex
+    defer.done[#defer.done + 1] = id
+  else
+    redis.call('ZREM', active, id)
+    redis.call('ZADD', done, ex, id)
+  end
+  append_event(ev, cap, seq, E_STATE, S_SUCCEEDED, now, f[6], f[7], { 'r', result })
+  redis.call('PEXPIRE', job, rt + EXPIRY_MARGIN_MS)
+  redis.call('PEXPIRE', ev, rt + EXPIRY_MARGIN_MS)
+  return { 'ok', S_SUCCEEDED, fmt(ran) }
+end
+
+-- Creates a job (submit, submit_batch): its record from `fields` (a flat
+-- field/value list), QUEUED in the ready set or SCHEDULED. Its first event
+-- (seq 1) is the record itself (is, ct), not a stream entry, and nobody can
+-- be watching a job that did not exist yet. run_at_arg / delay_arg as
+-- submit's ARGV (0: none). Returns its state.
+local function create_job(job, ready, sched, seqkey, id, run_at_arg, delay_arg, fields, now)
+  local run_at = now
+  if tonumber(run_at_arg) > 0 then
+    run_at = tonumber(run_at_arg)
+  elseif tonumber(delay_arg) > 0 then
+    run_at = now + tonumber(delay_arg)
+  end
+  local state = S_QUEUED
+  if run_at > now then state = S_SCHEDULED end
+  local args = { 'HSET', job }
+  for i = 1, #fields do args[#args + 1] = fields[i] end
+  local n = #args
+  args[n + 1], args[n + 2] = 'st', state
+  args[n + 3], args[n + 4] = 'a', 0
+  args[n + 5], args[n + 6] = 'seq', 1
+  args[n + 7], args[n + 8] = 'fen', 0
+  args[n + 9], args[n + 10] = 'ct', fmt(now)
+  args[n + 11], args[n + 12] = 'ua', fmt(now)
+  args[n + 13], args[n + 14] = 'ra', fmt(run_at)
+  args[n + 15], args[n + 16] = 'is', state
+  redis.call(unpack(args))
+  if state == S_SCHEDULED then
+    redis.call('ZADD', sched, fmt(run_at), id)
+  else
+    enqueue(job, ready, seqkey, id)
+  end
+  return state
 end

@@ -1,11 +1,12 @@
 -- submit: creates a job, QUEUED or SCHEDULED, unless its idempotency key was
 -- seen on this queue.
--- KEYS[1] job hash      KEYS[2] job events    KEYS[3] queue ready set
+-- KEYS[1] job hash      KEYS[2] job events (unused: the first event is the
+-- record itself, see prelude.lua)                KEYS[3] queue ready set
 -- KEYS[4] queue sched   KEYS[5] queue seq     KEYS[6] idempotency record
 -- ARGV[1] job id        ARGV[2] '1' when an idempotency key is given
 -- ARGV[3] request hash  ARGV[4] idempotency ttl ms
 -- ARGV[5] run at ms (0: none)   ARGV[6] delay ms (0: none)
--- ARGV[7] event cap     ARGV[8] wake channel   ARGV[9] wake message
+-- ARGV[7] event cap (unused)   ARGV[8] wake channel   ARGV[9] wake message
 -- ARGV[10..] job hash field/value pairs
 -- Returns {'new', id, state} | {'dup', id} | {'conflict', id}
 local id = ARGV[1]
@@ -17,26 +18,10 @@ if ARGV[2] == '1' then
   end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return { 'conflict', id } end
-local now = now_ms()
-local run_at = now
-if tonumber(ARGV[5]) > 0 then
-  run_at = tonumber(ARGV[5])
-elseif tonumber(ARGV[6]) > 0 then
-  run_at = now + tonumber(ARGV[6])
-end
-local fields = { 'HSET', KEYS[1] }
+local fields = {}
 for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call(unpack(fields))
-local state = S_QUEUED
-if run_at > now then state = S_SCHEDULED end
-redis.call('HSET', KEYS[1], 'st', state, 'a', 0, 'seq', 0, 'fen', 0,
-  'ct', fmt(now), 'ua', fmt(now), 'ra', fmt(run_at))
-if state == S_SCHEDULED then
-  redis.call('ZADD', KEYS[4], fmt(run_at), id)
-else
-  enqueue(KEYS[1], KEYS[3], KEYS[5], id)
-end
-add_event(KEYS[1], KEYS[2], ARGV[7], E_STATE, state, now)
+local state = create_job(KEYS[1], KEYS[3], KEYS[4], KEYS[5], id, ARGV[5], ARGV[6], fields,
+  now_ms())
 if ARGV[2] == '1' then
   redis.call('HSET', KEYS[6], 'id', id, 'h', ARGV[3])
   redis.call('PEXPIRE', KEYS[6], ARGV[4])

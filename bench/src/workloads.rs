@@ -1,0 +1,551 @@
+//! The workloads. Jobs are no-ops with 100-byte payloads; workers are the
+//! Rust worker SDK in this process; every client call goes over real gRPC.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use jobctl_proto::v1::admin_service_client::AdminServiceClient;
+use jobctl_proto::v1::job_service_client::JobServiceClient;
+use jobctl_proto::v1::worker_service_client::WorkerServiceClient;
+use jobctl_proto::v1::{
+    CompleteRequest, EventKind, JobState, LeaseRequest, SubmitBatchRequest, SubmitRequest,
+    WatchProgressRequest,
+};
+use jobctl_worker::{JobContext, Worker};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::Options;
+use crate::env::{Env, calls_delta};
+use crate::report::{Metric, histogram, quantile_ms};
+
+type Progress<'a> = &'a dyn Fn(&str);
+type Result<T> = std::result::Result<T, String>;
+
+const PAYLOAD: [u8; 100] = [b'x'; 100];
+const KIND: &str = "noop";
+
+fn job(queue: &str) -> SubmitRequest {
+    SubmitRequest {
+        queue: queue.into(),
+        kind: KIND.into(),
+        payload: PAYLOAD.to_vec(),
+        ..SubmitRequest::default()
+    }
+}
+
+fn err(what: &str) -> impl Fn(tonic::Status) -> String + '_ {
+    move |s| format!("{what}: {:?} {}", s.code(), s.message())
+}
+
+/// Submits `n` jobs to `queue` in batches of 1,000, four calls at a time.
+async fn preload(env: &Env, queue: &str, n: usize) -> Result<()> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = JoinSet::new();
+    for _ in 0..4 {
+        let mut client = JobServiceClient::new(env.channel());
+        let (next, queue) = (next.clone(), queue.to_owned());
+        tasks.spawn(async move {
+            loop {
+                let start = next.fetch_add(1000, Ordering::Relaxed);
+                if start >= n {
+                    return Ok(());
+                }
+                let jobs = (start..n.min(start + 1000)).map(|_| job(&queue)).collect();
+                client
+                    .submit_batch(SubmitBatchRequest { jobs })
+                    .await
+                    .map_err(err("preload"))?;
+            }
+        });
+    }
+    join_all(tasks).await
+}
+
+async fn join_all(mut tasks: JoinSet<Result<()>>) -> Result<()> {
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| format!("task: {e}"))??;
+    }
+    Ok(())
+}
+
+/// SDK workers running no-op jobs of `queue` until `stop`.
+fn start_workers(
+    env: &Env,
+    queue: &str,
+    count: usize,
+    concurrency: usize,
+    lease_wait: Duration,
+    stop: &CancellationToken,
+) -> Result<JoinSet<()>> {
+    let mut set = JoinSet::new();
+    for i in 0..count {
+        let worker = Worker::builder(env.endpoint.clone())
+            .worker_id(format!("bench-{queue}-{i}"))
+            .queues([queue])
+            .concurrency(concurrency)
+            .lease_wait(lease_wait)
+            .shutdown_grace(Duration::from_secs(5))
+            .handler(KIND, |_ctx: JobContext| async { Ok(Vec::new()) })
+            .build()
+            .map_err(|e| format!("worker: {e}"))?;
+        let stop = stop.clone();
+        set.spawn(async move {
+            let _ = worker.run(stop.cancelled_owned()).await;
+        });
+    }
+    Ok(set)
+}
+
+async fn wait_finished(env: &Env, queue: &str, n: usize, limit: Duration) -> Result<()> {
+    let mut admin = AdminServiceClient::new(env.channel());
+    let deadline = Instant::now() + limit;
+    while env.finished(&mut admin, queue).await < n as u64 {
+        if Instant::now() > deadline {
+            return Err(format!("{queue}: {n} jobs did not finish within {limit:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Single submits from `--concurrency` clients, then batched submits.
+pub async fn submit(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> {
+    let env = Env::start(o).await?;
+    let channels: Vec<Channel> = (0..o.concurrency.clamp(1, 8))
+        .map(|_| env.channel())
+        .collect();
+    let mut single = Metric::new("submit", "single_jobs_per_sec", "jobs/s").target(">= 20,000");
+    let mut batched = Metric::new("submit", "batch_jobs_per_sec", "jobs/s").target(">= 100,000");
+    for run in 0..o.runs {
+        let n = o.jobs.unwrap_or(20_000);
+        let queue = format!("submit-{run}");
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut tasks = JoinSet::new();
+        let started = Instant::now();
+        for i in 0..o.concurrency.max(1) {
+            let mut client = JobServiceClient::new(channels[i % channels.len()].clone());
+            let (next, queue) = (next.clone(), queue.clone());
+            tasks.spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < n {
+                    client.submit(job(&queue)).await.map_err(err("submit"))?;
+                }
+                Ok(())
+            });
+        }
+        join_all(tasks).await?;
+        let rate = n as f64 / started.elapsed().as_secs_f64();
+        progress(&format!("submit run {run}: {rate:.0} single submits/s"));
+        single.values.push(rate);
+
+        let n = o.jobs.unwrap_or(100_000);
+        let queue = format!("submit-batch-{run}");
+        let started = Instant::now();
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut tasks = JoinSet::new();
+        let size = o.batch_size.max(1);
+        for i in 0..4 {
+            let mut client = JobServiceClient::new(channels[i % channels.len()].clone());
+            let (next, queue) = (next.clone(), queue.clone());
+            tasks.spawn(async move {
+                loop {
+                    let start = next.fetch_add(size, Ordering::Relaxed);
+                    if start >= n {
+                        return Ok(());
+                    }
+                    let jobs = (start..n.min(start + size)).map(|_| job(&queue)).collect();
+                    client
+                        .submit_batch(SubmitBatchRequest { jobs })
+                        .await
+                        .map_err(err("submit batch"))?;
+                }
+            });
+        }
+        join_all(tasks).await?;
+        let rate = n as f64 / started.elapsed().as_secs_f64();
+        progress(&format!("submit run {run}: {rate:.0} batched submits/s"));
+        batched.values.push(rate);
+    }
+    Ok(vec![single, batched])
+}
+
+/// A preloaded queue drained by SDK workers; Redis commands per job.
+pub async fn drain(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> {
+    let n = o.jobs.unwrap_or(100_000);
+    let env = Env::start(o).await?;
+    let mut rate = Metric::new("drain", "jobs_per_sec", "jobs/s").target(">= 20,000");
+    let mut per_job = Metric::new("drain", "redis_commands_per_job", "commands");
+    let mut by_command: BTreeMap<String, Metric> = BTreeMap::new();
+    let mut redis_cpu = Metric::new("drain", "redis_cpu_us_per_job", "us");
+    let mut jobctl_cpu = Metric::new("drain", "jobctl_and_worker_cpu_us_per_job", "us");
+    for run in 0..o.runs {
+        let queue = format!("drain-{run}");
+        preload(&env, &queue, n).await?;
+        let before = env.command_calls().await;
+        let cpu_before = env.cpu().await;
+        let stop = CancellationToken::new();
+        let started = Instant::now();
+        let workers = start_workers(
+            &env,
+            &queue,
+            o.workers.max(1),
+            o.worker_concurrency.max(1),
+            Duration::from_secs(1),
+            &stop,
+        )?;
+        let limit = Duration::from_secs(60 + (n / 200) as u64);
+        let finished = wait_finished(&env, &queue, n, limit).await;
+        let elapsed = started.elapsed();
+        let after = env.command_calls().await;
+        let cpu_after = env.cpu().await;
+        stop.cancel();
+        workers.join_all().await;
+        finished?;
+        let r = n as f64 / elapsed.as_secs_f64();
+        rate.values.push(r);
+        let us_per_job =
+            |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| (a - b) * 1e6 / n as f64);
+        let r_cpu = us_per_job(cpu_after.0, cpu_before.0);
+        let j_cpu = us_per_job(cpu_after.1, cpu_before.1);
+        progress(&format!(
+            "drain run {run}: {r:.0} jobs/s in {:.2} s; CPU per job: redis {:.1} us, jobctl and workers {:.1} us",
+            elapsed.as_secs_f64(),
+            r_cpu.unwrap_or(f64::NAN),
+            j_cpu.unwrap_or(f64::NAN)
+        ));
+        redis_cpu.values.extend(r_cpu);
+        jobctl_cpu.values.extend(j_cpu);
+        let delta = calls_delta(&before, &after);
+        if !delta.is_empty() {
+            per_job
+                .values
+                .push(delta.values().sum::<u64>() as f64 / n as f64);
+            for (command, calls) in delta {
+                by_command
+                    .entry(command.clone())
+                    .or_insert_with(|| {
+                        Metric::new("drain", &format!("redis_{command}_per_job"), "calls")
+                    })
+                    .values
+                    .push(calls as f64 / n as f64);
+            }
+        }
+    }
+    let mut out = vec![rate];
+    for m in [per_job, redis_cpu, jobctl_cpu] {
+        if !m.values.is_empty() {
+            out.push(m);
+        }
+    }
+    out.extend(by_command.into_values().filter(|m| m.median() >= 0.01));
+    Ok(out)
+}
+
+fn now_micros() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros()
+}
+
+/// Submit → a watcher sees SUCCEEDED, one job at a time.
+pub async fn roundtrip(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> {
+    let n = o.jobs.unwrap_or(2_000);
+    let env = Env::start(o).await?;
+    let stop = CancellationToken::new();
+    let workers = start_workers(&env, "rt", 1, 8, Duration::from_secs(20), &stop)?;
+    let mut client = JobServiceClient::new(env.channel());
+    let mut p50 = Metric::new("roundtrip", "p50", "ms");
+    let mut p99 = Metric::new("roundtrip", "p99", "ms").target("<= 5");
+    let mut p999 = Metric::new("roundtrip", "p99.9", "ms");
+    for run in 0..o.runs {
+        let mut h = histogram();
+        let warmup = 50.min(n);
+        for i in 0..n + warmup {
+            let started = Instant::now();
+            let id = client
+                .submit(job("rt"))
+                .await
+                .map_err(err("submit"))?
+                .into_inner()
+                .job_id;
+            let mut stream = client
+                .watch_progress(WatchProgressRequest {
+                    job_id: id,
+                    after_seq: 0,
+                })
+                .await
+                .map_err(err("watch"))?
+                .into_inner();
+            loop {
+                let Some(msg) = stream.message().await.map_err(err("watch stream"))? else {
+                    return Err("a watch ended before the job did".into());
+                };
+                let event = msg.event.unwrap_or_default();
+                if event.kind() == EventKind::StateChanged && event.state() == JobState::Succeeded {
+                    break;
+                }
+            }
+            if i >= warmup {
+                let _ = h.record(started.elapsed().as_micros() as u64);
+            }
+        }
+        progress(&format!(
+            "round trip run {run}: p50 {:.2} ms, p99 {:.2} ms",
+            quantile_ms(&h, 0.5),
+            quantile_ms(&h, 0.99)
+        ));
+        p50.values.push(quantile_ms(&h, 0.5));
+        p99.values.push(quantile_ms(&h, 0.99));
+        p999.values.push(quantile_ms(&h, 0.999));
+    }
+    stop.cancel();
+    workers.join_all().await;
+    Ok(vec![p50, p99, p999])
+}
+
+/// One job sends progress at 50 Hz to many watchers.
+pub async fn fanout(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> {
+    const HZ: u64 = 50;
+    let duration = o.duration_or(Duration::from_secs(5));
+    let updates = (duration.as_secs_f64() * HZ as f64).ceil().max(1.0) as u64;
+    let env = Env::start(o).await?;
+    let gate = Arc::new(Semaphore::new(0));
+    let stop = CancellationToken::new();
+    let worker = {
+        let gate = gate.clone();
+        Worker::builder(env.endpoint.clone())
+            .queues(["fan"])
+            .progress_interval(Duration::from_millis(5))
+            .handler("fan", move |ctx: JobContext| {
+                let gate = gate.clone();
+                async move {
+                    let _ = gate.acquire().await.map(|p| p.forget());
+                    let mut tick = tokio::time::interval(Duration::from_millis(1000 / HZ));
+                    for i in 0..updates {
+                        tick.tick().await;
+                        let percent = (i + 1) as f64 * 100.0 / updates as f64;
+                        ctx.set_progress(percent, now_micros().to_string());
+                    }
+                    Ok(Vec::new())
+                }
+            })
+            .build()
+            .map_err(|e| format!("worker: {e}"))?
+    };
+    let worker_task = tokio::spawn(worker.run(stop.clone().cancelled_owned()));
+    let mut out = Vec::new();
+    for &watchers in &o.watchers {
+        let mut p50 = Metric::new("fanout", &format!("p50_{watchers}_watchers"), "ms");
+        let mut p99 = Metric::new("fanout", &format!("p99_{watchers}_watchers"), "ms");
+        if watchers >= 10_000 {
+            p99 = p99.target("<= 50");
+        }
+        let mut delivered = Metric::new("fanout", &format!("delivered_{watchers}_watchers"), "%");
+        let mut clients = Metric::new(
+            "fanout",
+            &format!("redis_clients_added_{watchers}_watchers"),
+            "connections",
+        )
+        .target("0 (no growth)");
+        for run in 0..o.runs {
+            let clients_before = env.info_u64("clients", "connected_clients").await;
+            let mut client = JobServiceClient::new(env.channel());
+            let id = client
+                .submit(SubmitRequest {
+                    kind: "fan".into(),
+                    ..job("fan")
+                })
+                .await
+                .map_err(err("submit"))?
+                .into_inner()
+                .job_id;
+            let ready = Arc::new(AtomicUsize::new(0));
+            let channels: Vec<Channel> =
+                (0..watchers.div_ceil(100)).map(|_| env.channel()).collect();
+            let mut tasks = JoinSet::new();
+            for i in 0..watchers {
+                let mut client = JobServiceClient::new(channels[i % channels.len()].clone());
+                let (ready, id) = (ready.clone(), id.clone());
+                tasks.spawn(async move {
+                    let mut h = histogram();
+                    let mut count = 0u64;
+                    let stream = client
+                        .watch_progress(WatchProgressRequest {
+                            job_id: id,
+                            after_seq: 0,
+                        })
+                        .await;
+                    let Ok(stream) = stream else {
+                        ready.fetch_add(1, Ordering::Relaxed);
+                        return (h, count);
+                    };
+                    let mut stream = stream.into_inner();
+                    let mut first = true;
+                    while let Ok(Some(msg)) = stream.message().await {
+                        if first {
+                            ready.fetch_add(1, Ordering::Relaxed);
+                            first = false;
+                        }
+                        let event = msg.event.unwrap_or_default();
+                        if event.kind() == EventKind::Progress
+                            && let Some(sent) =
+                                event.progress.and_then(|p| p.message.parse::<u128>().ok())
+                        {
+                            let _ = h.record(now_micros().saturating_sub(sent) as u64);
+                            count += 1;
+                        }
+                    }
+                    (h, count)
+                });
+            }
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while ready.load(Ordering::Relaxed) < watchers {
+                if Instant::now() > deadline {
+                    return Err(format!("{watchers} watchers did not all start"));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let clients_during = env.info_u64("clients", "connected_clients").await;
+            gate.add_permits(1);
+            let mut all: Histogram<u64> = histogram();
+            let mut count = 0;
+            while let Some(done) = tasks.join_next().await {
+                let (h, c) = done.map_err(|e| format!("watcher: {e}"))?;
+                let _ = all.add(h);
+                count += c;
+            }
+            let share = count as f64 * 100.0 / (watchers as u64 * updates) as f64;
+            progress(&format!(
+                "fan-out to {watchers} run {run}: p50 {:.1} ms, p99 {:.1} ms, {share:.0}% of updates delivered",
+                quantile_ms(&all, 0.5),
+                quantile_ms(&all, 0.99)
+            ));
+            p50.values.push(quantile_ms(&all, 0.5));
+            p99.values.push(quantile_ms(&all, 0.99));
+            delivered.values.push(share);
+            if let (Some(b), Some(d)) = (clients_before, clients_during) {
+                clients.values.push(d as f64 - b as f64);
+            }
+        }
+        out.extend([p50, p99, delivered]);
+        if !clients.values.is_empty() {
+            out.push(clients);
+        }
+    }
+    stop.cancel();
+    let _ = worker_task.await;
+    Ok(out)
+}
+
+/// Lease-then-complete `samples` times; the Lease call times in ms.
+async fn lease_times(env: &Env, queue: &str, samples: usize) -> Result<Histogram<u64>> {
+    let mut worker = WorkerServiceClient::new(env.channel());
+    let mut h = histogram();
+    for _ in 0..samples {
+        let started = Instant::now();
+        let jobs = worker
+            .lease(LeaseRequest {
+                worker_id: "bench-lease".into(),
+                queues: vec![queue.into()],
+                max_jobs: 1,
+                wait: None,
+            })
+            .await
+            .map_err(err("lease"))?
+            .into_inner()
+            .jobs;
+        let _ = h.record(started.elapsed().as_micros() as u64);
+        for j in jobs {
+            worker
+                .complete(CompleteRequest {
+                    job_id: j.job_id,
+                    lease_token: j.lease_token,
+                    result: Vec::new(),
+                })
+                .await
+                .map_err(err("complete"))?;
+        }
+    }
+    Ok(h)
+}
+
+/// Redis memory per queued job; Lease time deep vs shallow.
+pub async fn memory(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> {
+    let n = o.jobs.unwrap_or(1_000_000);
+    let env = Env::start(o).await?;
+    // Warm up the server's connection and scripts.
+    preload(&env, "mem-small", 1_000).await?;
+    let before = env.info_u64("memory", "used_memory").await;
+    let started = Instant::now();
+    preload(&env, "mem", n).await?;
+    progress(&format!(
+        "memory: {n} jobs queued in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+    let after = env.info_u64("memory", "used_memory").await;
+    let mut out = Vec::new();
+    if let (Some(b), Some(a)) = (before, after) {
+        let per_job = a.saturating_sub(b) as f64 / n as f64;
+        progress(&format!("memory: {per_job:.0} bytes per queued job"));
+        out.push(
+            Metric::new("memory", "redis_bytes_per_queued_job", "bytes")
+                .target("<= 600")
+                .with(per_job),
+        );
+    }
+    let mut shallow = Metric::new("memory", "lease_p50_at_1000", "ms");
+    let mut deep = Metric::new("memory", &format!("lease_p50_at_{n}"), "ms");
+    let mut ratio = Metric::new("memory", "lease_p50_deep_over_shallow", "x").target("~1 (flat)");
+    for run in 0..o.runs {
+        let s = lease_times(&env, "mem-small", 200).await?;
+        let d = lease_times(&env, "mem", 200).await?;
+        let (s, d) = (quantile_ms(&s, 0.5), quantile_ms(&d, 0.5));
+        progress(&format!(
+            "memory run {run}: lease p50 {s:.3} ms at 1,000, {d:.3} ms at {n}"
+        ));
+        shallow.values.push(s);
+        deep.values.push(d);
+        ratio.values.push(d / s);
+    }
+    out.extend([shallow, deep, ratio]);
+    Ok(out)
+}
+
+/// Redis commands/s while workers long-poll an empty queue.
+pub async fn idle(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> {
+    let duration = o.duration_or(Duration::from_secs(30));
+    let env = Env::start(o).await?;
+    let stop = CancellationToken::new();
+    let workers = start_workers(
+        &env,
+        "idle",
+        o.idle_workers.max(1),
+        1,
+        Duration::from_secs(20),
+        &stop,
+    )?;
+    // Let every worker connect and settle into its long poll.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut rate = Metric::new("idle", "redis_commands_per_sec", "commands/s").target("<= 5");
+    for run in 0..o.runs {
+        let before = env.command_calls().await;
+        tokio::time::sleep(duration).await;
+        let after = env.command_calls().await;
+        let delta = calls_delta(&before, &after);
+        let per_sec = delta.values().sum::<u64>() as f64 / duration.as_secs_f64();
+        progress(&format!(
+            "idle run {run}: {per_sec:.2} Redis commands/s with {} workers waiting ({delta:?})",
+            o.idle_workers
+        ));
+        rate.values.push(per_sec);
+    }
+    stop.cancel();
+    workers.join_all().await;
+    Ok(vec![rate])
+}

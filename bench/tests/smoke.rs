@@ -1,0 +1,60 @@
+//! Every workload runs at a tiny size, to prove the harness works (this
+//! measures nothing: the numbers of a debug build on a busy machine mean
+//! little, and no assertion is about speed).
+
+use jobctl_bench::{Metric, Options, Workload};
+
+fn tiny(workload: Workload) -> Options {
+    let mut o = Options::defaults(workload);
+    o.runs = 1;
+    o.jobs = Some(200);
+    o.concurrency = 4;
+    o.batch_size = 50;
+    o.workers = 1;
+    o.worker_concurrency = 8;
+    o.watchers = vec![5];
+    o.duration = Some(0.3);
+    o.idle_workers = 3;
+    o
+}
+
+async fn run(workload: Workload) -> Vec<Metric> {
+    let metrics = jobctl_bench::run(&tiny(workload), &|_| {})
+        .await
+        .unwrap_or_else(|e| panic!("{workload:?}: {e}"));
+    assert!(!metrics.is_empty(), "{workload:?} measured nothing");
+    for m in &metrics {
+        assert_eq!(m.values.len(), 1, "{m:?}");
+        assert!(m.values.iter().all(|v| v.is_finite()), "{m:?}");
+    }
+    metrics
+}
+
+fn find<'a>(metrics: &'a [Metric], name: &str) -> &'a Metric {
+    metrics
+        .iter()
+        .find(|m| m.name == name)
+        .unwrap_or_else(|| panic!("no metric {name} in {metrics:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_and_drain_measure_rates_and_redis_commands() {
+    let submit = run(Workload::Submit).await;
+    assert!(find(&submit, "single_jobs_per_sec").median() > 0.0);
+    assert!(find(&submit, "batch_jobs_per_sec").median() > 0.0);
+    let drain = run(Workload::Drain).await;
+    assert!(find(&drain, "jobs_per_sec").median() > 0.0);
+    assert!(find(&drain, "redis_commands_per_job").median() > 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roundtrip_fanout_memory_and_idle_report_their_quantities() {
+    let rt = run(Workload::Roundtrip).await;
+    assert!(find(&rt, "p99").median() >= find(&rt, "p50").median());
+    let fan = run(Workload::Fanout).await;
+    assert!(find(&fan, "delivered_5_watchers").median() > 0.0);
+    let mem = run(Workload::Memory).await;
+    assert!(find(&mem, "redis_bytes_per_queued_job").median() > 0.0);
+    let idle = run(Workload::Idle).await;
+    assert!(find(&idle, "redis_commands_per_sec").median() >= 0.0);
+}

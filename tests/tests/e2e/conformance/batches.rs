@@ -1,0 +1,294 @@
+//! The batch RPCs keep every invariant of the calls they batch:
+//! `SubmitBatch` creates every job or none (limits checked for every job
+//! before anything is written, idempotency keys deduplicated per job), and
+//! `CompleteBatch` checks each completion's fencing token on its own (a stale
+//! one changes nothing) and leases the next jobs in the same round trip.
+
+use std::time::Duration;
+
+use jobctl_proto::v1::{
+    CompleteBatchRequest, CompleteRequest, JobState, SubmitBatchRequest, SubmitRequest,
+};
+use jobctl_tests::*;
+use tonic::Code;
+
+conformance! {
+    a_batch_submit_creates_every_job_in_order;
+    a_batch_submit_deduplicates_idempotency_keys_per_job;
+    a_batch_with_one_bad_job_is_refused_and_writes_nothing;
+    a_batch_complete_refuses_a_stale_token_without_writing;
+    a_batch_complete_leases_the_next_jobs_in_the_same_call;
+}
+
+fn keyed(payload: &str, key: &str) -> SubmitRequest {
+    SubmitRequest {
+        idempotency_key: key.into(),
+        ..submit_request("q", "k", payload)
+    }
+}
+
+fn batch(jobs: Vec<SubmitRequest>) -> SubmitBatchRequest {
+    SubmitBatchRequest { jobs }
+}
+
+async fn a_batch_submit_creates_every_job_in_order(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
+    let jobs: Vec<SubmitRequest> = (0..5)
+        .map(|i| submit_request("q", "k", format!("job {i}")))
+        .collect();
+    let results = srv
+        .job()
+        .submit_batch(batch(jobs))
+        .await
+        .expect("submit batch")
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 5);
+    for (i, r) in results.iter().enumerate() {
+        assert!(!r.deduplicated, "{r:?}");
+        assert_eq!(r.state(), JobState::Queued, "{r:?}");
+        let job = get_job(&srv.job, &r.job_id).await;
+        assert_eq!(job.payload, format!("job {i}").into_bytes());
+        assert_eq!(job.state(), JobState::Queued);
+    }
+    // FIFO within the batch, like five single submits.
+    let leased = lease(&srv.worker, "q", 5).await;
+    let order: Vec<&str> = leased.iter().map(|j| j.job_id.as_str()).collect();
+    let expected: Vec<&str> = results.iter().map(|r| r.job_id.as_str()).collect();
+    assert_eq!(order, expected);
+}
+
+async fn a_batch_submit_deduplicates_idempotency_keys_per_job(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
+    let earlier = srv
+        .job()
+        .submit(keyed("a", "key-a"))
+        .await
+        .expect("submit")
+        .into_inner();
+    let results = srv
+        .job()
+        .submit_batch(batch(vec![
+            keyed("a", "key-a"),
+            keyed("b", "key-b"),
+            keyed("b", "key-b"),
+            submit_request("q", "k", "c"),
+        ]))
+        .await
+        .expect("submit batch")
+        .into_inner()
+        .results;
+    let dedup: Vec<bool> = results.iter().map(|r| r.deduplicated).collect();
+    assert_eq!(dedup, [true, false, true, false], "{results:?}");
+    assert_eq!(results[0].job_id, earlier.job_id);
+    assert_eq!(results[0].state(), JobState::Queued);
+    assert_eq!(results[2].job_id, results[1].job_id, "one job per key");
+    assert_eq!(results[2].state(), JobState::Queued);
+    assert_ne!(results[3].job_id, results[1].job_id);
+    let stats = srv
+        .admin()
+        .get_queue_stats(jobctl_proto::v1::GetQueueStatsRequest { queue: "q".into() })
+        .await
+        .expect("stats")
+        .into_inner();
+    assert_eq!(stats.queued, 3, "a, b and c: {stats:?}");
+}
+
+async fn a_batch_with_one_bad_job_is_refused_and_writes_nothing(backend: Backend) {
+    let srv = TestServer::start_on(
+        &backend,
+        &["--max-payload-bytes", "16", "--max-submit-batch", "4"],
+    )
+    .await;
+    let existing = srv
+        .job()
+        .submit(keyed("x", "taken"))
+        .await
+        .expect("submit")
+        .into_inner()
+        .job_id;
+    let good = || submit_request("q", "k", "fine");
+    let cases: Vec<(&str, Vec<SubmitRequest>, Code, &str)> = vec![
+        (
+            "a payload over the limit in the last job",
+            vec![good(), good(), submit_request("q", "k", vec![0u8; 17])],
+            Code::ResourceExhausted,
+            "payload",
+        ),
+        (
+            "a bad priority in the middle",
+            vec![
+                good(),
+                SubmitRequest {
+                    priority: 5000,
+                    ..good()
+                },
+                good(),
+            ],
+            Code::InvalidArgument,
+            "priority",
+        ),
+        (
+            "two queues",
+            vec![good(), submit_request("other", "k", "fine")],
+            Code::InvalidArgument,
+            "queue",
+        ),
+        (
+            "an idempotency key used for a different request",
+            vec![good(), keyed("not x", "taken")],
+            Code::AlreadyExists,
+            "taken",
+        ),
+        (
+            "one key twice for different requests",
+            vec![keyed("1", "twice"), keyed("2", "twice")],
+            Code::AlreadyExists,
+            "twice",
+        ),
+        (
+            "more jobs than --max-submit-batch",
+            vec![good(), good(), good(), good(), good()],
+            Code::InvalidArgument,
+            "jobs",
+        ),
+        ("no jobs", vec![], Code::InvalidArgument, "jobs"),
+    ];
+    for (what, jobs, code, mention) in cases {
+        let before = StateSnapshot::take(&backend, &srv, &[&existing], &["q", "other"]).await;
+        let status = expect_code(srv.job().submit_batch(batch(jobs)).await, code, what);
+        assert!(status_mentions(&status, mention), "{what}: {status:?}");
+        before.assert_unchanged(
+            &StateSnapshot::take(&backend, &srv, &[&existing], &["q", "other"]).await,
+            what,
+        );
+    }
+}
+
+async fn a_batch_complete_refuses_a_stale_token_without_writing(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
+    let zombie_job = submit(&srv.job, submit_request("q", "k", "z")).await;
+    let other = submit(&srv.job, submit_request("q", "k", "o")).await;
+    // The first attempt fails and the job is leased again: its first token
+    // is stale, the token of a zombie worker.
+    let first = lease_one(&srv.worker, "q").await;
+    assert_eq!(first.job_id, zombie_job);
+    let mut fail = fail_request(&first, "boom", true);
+    fail.retry_after = Some(pb_duration(Duration::ZERO));
+    srv.worker().fail(fail).await.expect("fail");
+    let leased = lease(&srv.worker, "q", 2).await;
+    assert_eq!(leased.len(), 2);
+    let second = leased
+        .iter()
+        .find(|j| j.job_id == zombie_job)
+        .expect("the retried job");
+    let other_lease = leased.iter().find(|j| j.job_id == other).expect("other");
+    assert_ne!(first.lease_token, second.lease_token);
+
+    // A batch of only the stale completion writes nothing at all.
+    let before = StateSnapshot::take(&backend, &srv, &[&zombie_job, &other], &["q"]).await;
+    let answer = srv
+        .worker()
+        .complete_batch(CompleteBatchRequest {
+            completions: vec![complete_request(&first, b"zombie")],
+            ..Default::default()
+        })
+        .await
+        .expect("complete batch")
+        .into_inner();
+    assert_eq!(answer.results.len(), 1);
+    assert_eq!(answer.results[0].code, Code::FailedPrecondition as i32);
+    assert!(answer.jobs.is_empty());
+    before.assert_unchanged(
+        &StateSnapshot::take(&backend, &srv, &[&zombie_job, &other], &["q"]).await,
+        "a stale completion",
+    );
+
+    // Mixed with a valid one, the stale one is still refused on its own.
+    let answer = srv
+        .worker()
+        .complete_batch(CompleteBatchRequest {
+            completions: vec![
+                complete_request(other_lease, b"done"),
+                complete_request(&first, b"zombie"),
+                CompleteRequest {
+                    job_id: "q:not-an-id".into(),
+                    lease_token: "t".into(),
+                    result: Vec::new(),
+                },
+            ],
+            ..Default::default()
+        })
+        .await
+        .expect("complete batch")
+        .into_inner();
+    let codes: Vec<i32> = answer.results.iter().map(|r| r.code).collect();
+    assert_eq!(
+        codes,
+        [0, Code::FailedPrecondition as i32, Code::NotFound as i32],
+        "{answer:?}"
+    );
+    assert_eq!(answer.results[0].state(), JobState::Succeeded);
+    let job = get_job(&srv.job, &zombie_job).await;
+    assert_eq!(job.state(), JobState::Running, "the zombie changed nothing");
+    assert!(job.result.is_empty());
+    assert_eq!(get_job(&srv.job, &other).await.result, b"done");
+
+    // The current lease holder completes it; a repeat is answered again.
+    for _ in 0..2 {
+        let answer = srv
+            .worker()
+            .complete_batch(CompleteBatchRequest {
+                completions: vec![complete_request(second, b"real")],
+                ..Default::default()
+            })
+            .await
+            .expect("complete batch")
+            .into_inner();
+        assert_eq!(answer.results[0].code, 0, "{answer:?}");
+    }
+    let job = get_job(&srv.job, &zombie_job).await;
+    assert_eq!(job.state(), JobState::Succeeded);
+    assert_eq!(job.result, b"real");
+}
+
+async fn a_batch_complete_leases_the_next_jobs_in_the_same_call(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(submit(&srv.job, submit_request("q", "k", format!("{i}"))).await);
+    }
+    let first = lease(&srv.worker, "q", 2).await;
+    assert_eq!(first.len(), 2);
+    let answer = srv
+        .worker()
+        .complete_batch(CompleteBatchRequest {
+            completions: first.iter().map(|j| complete_request(j, b"ok")).collect(),
+            lease_max_jobs: 3,
+            worker_id: "w".into(),
+            queues: vec!["q".into()],
+        })
+        .await
+        .expect("complete batch")
+        .into_inner();
+    assert!(answer.results.iter().all(|r| r.code == 0), "{answer:?}");
+    let next: Vec<&str> = answer.jobs.iter().map(|j| j.job_id.as_str()).collect();
+    assert_eq!(next, [ids[2].as_str(), ids[3].as_str()]);
+    for job in &answer.jobs {
+        complete(&srv.worker, job, b"ok").await;
+    }
+    for id in &ids {
+        assert_eq!(get_job(&srv.job, id).await.state(), JobState::Succeeded);
+    }
+    // Leasing needs a worker and queues.
+    expect_code(
+        srv.worker()
+            .complete_batch(CompleteBatchRequest {
+                lease_max_jobs: 1,
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "lease without queues",
+    );
+}
