@@ -172,17 +172,27 @@ impl Env {
     /// Calls per command from `INFO commandstats` (commands run inside
     /// scripts included).
     pub async fn command_calls(&self) -> BTreeMap<String, u64> {
+        self.command_stat("calls=").await
+    }
+
+    /// Microseconds spent per command from `INFO commandstats` (a script's
+    /// time includes the commands it ran).
+    pub async fn command_usec(&self) -> BTreeMap<String, u64> {
+        self.command_stat("usec=").await
+    }
+
+    async fn command_stat(&self, stat: &str) -> BTreeMap<String, u64> {
         self.info("commandstats")
             .await
             .into_iter()
             .filter_map(|(k, v)| {
                 let name = k.strip_prefix("cmdstat_")?.to_owned();
-                let calls = v
+                let n = v
                     .split(',')
-                    .find_map(|kv| kv.strip_prefix("calls="))?
+                    .find_map(|kv| kv.strip_prefix(stat))?
                     .parse()
                     .ok()?;
-                Some((name, calls))
+                Some((name, n))
             })
             .collect()
     }

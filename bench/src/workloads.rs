@@ -182,11 +182,13 @@ pub async fn drain(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> {
     let mut per_job = Metric::new("drain", "redis_commands_per_job", "commands");
     let mut by_command: BTreeMap<String, Metric> = BTreeMap::new();
     let mut redis_cpu = Metric::new("drain", "redis_cpu_us_per_job", "us");
+    let mut script_time = Metric::new("drain", "redis_script_us_per_job", "us");
     let mut jobctl_cpu = Metric::new("drain", "jobctl_and_worker_cpu_us_per_job", "us");
     for run in 0..o.runs {
         let queue = format!("drain-{run}");
         preload(&env, &queue, n).await?;
         let before = env.command_calls().await;
+        let usec_before = env.command_usec().await;
         let cpu_before = env.cpu().await;
         let stop = CancellationToken::new();
         let started = Instant::now();
@@ -202,6 +204,7 @@ pub async fn drain(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> {
         let finished = wait_finished(&env, &queue, n, limit).await;
         let elapsed = started.elapsed();
         let after = env.command_calls().await;
+        let usec_after = env.command_usec().await;
         let cpu_after = env.cpu().await;
         stop.cancel();
         workers.join_all().await;
@@ -219,6 +222,10 @@ pub async fn drain(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> {
             j_cpu.unwrap_or(f64::NAN)
         ));
         redis_cpu.values.extend(r_cpu);
+        let usec = calls_delta(&usec_before, &usec_after);
+        if let Some(evalsha) = usec.get("evalsha") {
+            script_time.values.push(*evalsha as f64 / n as f64);
+        }
         jobctl_cpu.values.extend(j_cpu);
         let delta = calls_delta(&before, &after);
         if !delta.is_empty() {
@@ -237,7 +244,7 @@ pub async fn drain(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> {
         }
     }
     let mut out = vec![rate];
-    for m in [per_job, redis_cpu, jobctl_cpu] {
+    for m in [per_job, redis_cpu, script_time, jobctl_cpu] {
         if !m.values.is_empty() {
             out.push(m);
         }
@@ -503,8 +510,9 @@ pub async fn memory(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> 
     let mut deep = Metric::new("memory", &format!("lease_p50_at_{n}"), "ms");
     let mut ratio = Metric::new("memory", "lease_p50_deep_over_shallow", "x").target("~1 (flat)");
     for run in 0..o.runs {
-        let s = lease_times(&env, "mem-small", 200).await?;
-        let d = lease_times(&env, "mem", 200).await?;
+        let samples = 200.min(n / 2).max(1);
+        let s = lease_times(&env, "mem-small", samples).await?;
+        let d = lease_times(&env, "mem", samples).await?;
         let (s, d) = (quantile_ms(&s, 0.5), quantile_ms(&d, 0.5));
         progress(&format!(
             "memory run {run}: lease p50 {s:.3} ms at 1,000, {d:.3} ms at {n}"
@@ -531,7 +539,7 @@ pub async fn idle(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> {
         &stop,
     )?;
     // Let every worker connect and settle into its long poll.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(2).min(duration * 2)).await;
     let mut rate = Metric::new("idle", "redis_commands_per_sec", "commands/s").target("<= 5");
     for run in 0..o.runs {
         let before = env.command_calls().await;

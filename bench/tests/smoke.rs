@@ -7,7 +7,7 @@ use jobctl_bench::{Metric, Options, Workload};
 fn tiny(workload: Workload) -> Options {
     let mut o = Options::defaults(workload);
     o.runs = 1;
-    o.jobs = Some(200);
+    o.jobs = Some(100);
     o.concurrency = 4;
     o.batch_size = 50;
     o.workers = 1;

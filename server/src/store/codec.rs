@@ -45,6 +45,18 @@ fn duration(ms: u64) -> Option<prost_types::Duration> {
     prost_types::Duration::try_from(Duration::from_millis(ms)).ok()
 }
 
+/// The largest piece of a payload stored in pieces (Redis's default
+/// hash-max-listpack-value).
+pub const PAYLOAD_CHUNK: usize = 64;
+/// Payloads of up to this many pieces are stored in pieces (`pn` pieces in
+/// the fields `p1`...); longer and shorter ones whole, in `p`.
+pub const PAYLOAD_CHUNKS: usize = 16;
+/// The fields of the pieces.
+pub const PAYLOAD_FIELDS: [&str; PAYLOAD_CHUNKS] = [
+    "p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10", "p11", "p12", "p13", "p14", "p15",
+    "p16",
+];
+
 /// A job record as read with HGETALL.
 pub struct Record(HashMap<String, Vec<u8>>);
 
@@ -67,6 +79,21 @@ impl Record {
         number(self.bytes(f).unwrap_or_default())
     }
 
+    /// The payload, whole or from its pieces.
+    fn payload(&self) -> Vec<u8> {
+        if let Some(p) = self.bytes("p") {
+            return p.to_vec();
+        }
+        let pieces: usize = self.num("pn");
+        PAYLOAD_FIELDS
+            .iter()
+            .take(pieces)
+            .filter_map(|f| self.bytes(f))
+            .flatten()
+            .copied()
+            .collect()
+    }
+
     /// The record as the contract's `Job`.
     pub fn into_job(self, id: String) -> Result<v1::Job> {
         let progress = match self.bytes("pg") {
@@ -87,7 +114,7 @@ impl Record {
             queue: self.string("q"),
             kind: self.string("k"),
             state: self.num("st"),
-            payload: self.bytes("p").map(<[u8]>::to_vec).unwrap_or_default(),
+            payload: self.payload(),
             priority: self.num("pr"),
             attempt: self.num("a"),
             max_attempts: self.num("ma"),

@@ -935,7 +935,6 @@ fn job_fields(job: &NewJob) -> Vec<(&'static str, Cow<'_, [u8]>)> {
     let mut fields = vec![
         ("q", Cow::Borrowed(job.queue().as_bytes())),
         ("k", Cow::Borrowed(job.kind.as_bytes())),
-        ("p", Cow::Borrowed(job.payload.as_slice())),
         ("pr", num(&job.priority)),
         ("ma", num(&job.max_attempts)),
         ("bi", num(&b.initial_ms)),
@@ -946,6 +945,19 @@ fn job_fields(job: &NewJob) -> Vec<(&'static str, Cow<'_, [u8]>)> {
         ("to", num(&job.timeout_ms)),
         ("rt", num(&job.retention_ms)),
     ];
+    // A payload over Redis's hash-max-listpack-value (64 bytes by default)
+    // would turn the whole record into a hash table, several times larger
+    // and slower: up to PAYLOAD_CHUNKS pieces of at most 64 bytes keep it
+    // a listpack (see prelude.lua).
+    let chunks = job.payload.len().div_ceil(codec::PAYLOAD_CHUNK);
+    if chunks > 1 && chunks <= codec::PAYLOAD_CHUNKS {
+        fields.push(("pn", num(&chunks)));
+        for (i, chunk) in job.payload.chunks(codec::PAYLOAD_CHUNK).enumerate() {
+            fields.push((codec::PAYLOAD_FIELDS[i], Cow::Borrowed(chunk)));
+        }
+    } else {
+        fields.push(("p", Cow::Borrowed(job.payload.as_slice())));
+    }
     if let Some(key) = &job.idempotency_key {
         fields.push(("ik", Cow::Borrowed(key.as_bytes())));
     }

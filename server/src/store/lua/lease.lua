@@ -28,7 +28,7 @@ for i = 1, #ids do
     local job = KEYS[1 + i * 2]
     local ev = KEYS[2 + i * 2]
     local f = redis.call('HMGET', job, 'st', 'lt', 'to', 'fen', 'a', 'seq', 'pg',
-      'k', 'p', 'ma', 'cp', 'lb', 'tc', 'q', 'ra')
+      'k', 'ma', 'cp', 'lb', 'tc', 'q', 'ra', 'p', 'pn', 'p1', 'p2', 'p3', 'p4')
     if tonumber(f[1]) == S_QUEUED then
       local fence = tonumber(f[4] or '0') + 1
       local token = fence .. '.' .. ARGV[2] .. i
@@ -50,10 +50,10 @@ for i = 1, #ids do
       active[#active + 1] = fmt(le)
       active[#active + 1] = id
       append_event(ev, ARGV[3], seq, E_STATE, S_RUNNING, now, attempt, f[7])
-      local waited = now - tonumber(f[15] or now)
+      local waited = now - tonumber(f[14] or now)
       if waited < 0 then waited = 0 end
-      out[#out + 1] = { id, token, attempt, fmt(le), fmt(dl), f[8] or '', f[9] or '',
-        f[10] or '1', f[11] or false, f[12] or '', f[13] or '', f[2] or '0', f[14] or '',
+      out[#out + 1] = { id, token, attempt, fmt(le), fmt(dl), f[8] or '', payload_of(job, f, 15),
+        f[9] or '1', f[10] or false, f[11] or '', f[12] or '', f[2] or '0', f[13] or '',
         fmt(waited) }
     end
   end

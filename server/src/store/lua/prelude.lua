@@ -1,7 +1,8 @@
 -- Prelude prepended to every jobctl script: constants and helpers only.
 -- Nothing here builds a key name: every key a script touches arrives in KEYS.
 --
--- Job hash fields: q queue, k kind, p payload, pr priority, st state,
+-- Job hash fields: q queue, k kind, p payload (or pn pieces of at most 64
+-- bytes in p1, p2, ...: so the record stays a compact listpack), pr priority, st state,
 -- a attempt, ma max attempts, bi/bm/bx/bj backoff initial ms / max ms /
 -- multiplier / jitter, lt lease ttl ms, to timeout ms (0: none), rt retention
 -- ms, ik idempotency key, lb labels, tc trace context, ct created, ra run at,
@@ -60,6 +61,23 @@ local function add_event(job, ev, cap, kind, state, now, extra)
   local f = redis.call('HMGET', job, 'a', 'pg')
   append_event(ev, cap, seq, kind, state, now, f[1], f[2], extra)
   return seq
+end
+
+-- The payload of a record read with HMGET ..., 'p', 'pn', 'p1', 'p2', 'p3',
+-- 'p4' from `f[i]` on: whole, or put together from its pieces.
+local function payload_of(job, f, i)
+  if f[i] then return f[i] end
+  local n = tonumber(f[i + 1] or '0')
+  if n == 0 then return '' end
+  local parts = {}
+  for j = 1, math.min(n, 4) do parts[j] = f[i + 1 + j] or '' end
+  if n > 4 then
+    local names = {}
+    for j = 5, n do names[#names + 1] = 'p' .. j end
+    local more = redis.call('HMGET', job, unpack(names))
+    for j = 1, #more do parts[#parts + 1] = more[j] or '' end
+  end
+  return table.concat(parts)
 end
 
 -- Ready set score: higher priority first, FIFO within one priority.
