@@ -538,6 +538,9 @@ pub async fn idle(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> {
         Duration::from_secs(20),
         &stop,
     )?;
+    // One job first, so the queue is known and maintained like any other.
+    preload(&env, "idle", 1).await?;
+    wait_finished(&env, "idle", 1, Duration::from_secs(30)).await?;
     // Let every worker connect and settle into its long poll.
     tokio::time::sleep(Duration::from_secs(2).min(duration * 2)).await;
     let mut rate = Metric::new("idle", "redis_commands_per_sec", "commands/s").target("<= 5");

@@ -35,7 +35,7 @@ pub const STREAM_BUFFER: usize = 32;
 /// The shared tail of one job's history, for the watchers in this process.
 pub struct Feed {
     version: watch::Sender<FeedVersion>,
-    cache: tokio::sync::Mutex<Cache>,
+    cache: tokio::sync::RwLock<Cache>,
 }
 
 #[derive(Default)]
@@ -49,7 +49,7 @@ impl Feed {
     pub(crate) fn new() -> Self {
         Feed {
             version: watch::Sender::new((0, 0)),
-            cache: tokio::sync::Mutex::new(Cache::default()),
+            cache: tokio::sync::RwLock::new(Cache::default()),
         }
     }
 
@@ -68,7 +68,21 @@ impl Feed {
         after: u64,
     ) -> Result<Vec<v1::JobEvent>> {
         let version = *self.version.borrow();
-        let mut cache = self.cache.lock().await;
+        {
+            // Most reads find the cache fresh: they share it (many watchers
+            // of one job read at once).
+            let cache = self.cache.read().await;
+            if cache.seen == version {
+                return match cache.after(after) {
+                    Some(events) => Ok(events),
+                    None => {
+                        drop(cache);
+                        store.events(ns, id, after, PAGE).await
+                    }
+                };
+            }
+        }
+        let mut cache = self.cache.write().await;
         if cache.seen != version {
             // One reader refreshes the cache for everyone.
             let from = cache.events.back().map_or(after, |e| e.seq);
@@ -87,21 +101,29 @@ impl Feed {
             }
             cache.seen = version;
         }
-        let covers = cache
+        if let Some(events) = cache.after(after) {
+            return Ok(events);
+        }
+        drop(cache);
+        store.events(ns, id, after, PAGE).await
+    }
+}
+
+impl Cache {
+    /// The cached events after `after`, if the cache holds all of them.
+    fn after(&self, after: u64) -> Option<Vec<v1::JobEvent>> {
+        let covers = self
             .events
             .front()
             .is_some_and(|first| first.seq <= after + 1);
-        if covers {
-            return Ok(cache
-                .events
+        covers.then(|| {
+            self.events
                 .iter()
                 .filter(|e| e.seq > after)
                 .take(PAGE)
                 .cloned()
-                .collect());
-        }
-        drop(cache);
-        store.events(ns, id, after, PAGE).await
+                .collect()
+        })
     }
 }
 
