@@ -301,6 +301,9 @@ pub async fn roundtrip(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric
             if i >= warmup {
                 let _ = h.record(started.elapsed().as_micros() as u64);
             }
+            // Read the stream to its end (it ends after the terminal event)
+            // rather than resetting it.
+            while let Ok(Some(_)) = stream.message().await {}
         }
         progress(&format!(
             "round trip run {run}: p50 {:.2} ms, p99 {:.2} ms",
