@@ -340,7 +340,14 @@ impl Job {
             lease_token: self.lease_token.clone(),
             result,
         };
-        let batched = match &self.shared.completer {
+        // A traced job completes with a call of its own, so that the
+        // server's span of it joins the job's trace; the others are batched.
+        let completer = self
+            .shared
+            .completer
+            .as_ref()
+            .filter(|_| !crate::telemetry::current_is_traced());
+        let batched = match completer {
             Some(completer) => {
                 let slot = self.slot.take();
                 tokio::select! {

@@ -110,6 +110,12 @@ pub(crate) fn inject_current(metadata: &mut MetadataMap) {
     }
 }
 
+/// Whether the current span is an OpenTelemetry span (one whose calls
+/// carry a `traceparent`).
+pub(crate) fn current_is_traced() -> bool {
+    Span::current().context().span().span_context().is_valid()
+}
+
 #[cfg(feature = "otlp")]
 pub use otlp::{Telemetry, init_from_env};
 

@@ -170,7 +170,9 @@ impl WorkerBuilder {
     /// under way), which also leases the next jobs in the same round trip.
     /// Each completion is still checked against its own lease token. Against
     /// a server without `CompleteBatch` the worker completes one by one by
-    /// itself. Default: on.
+    /// itself. A job traced with OpenTelemetry still completes with a call
+    /// of its own, so that the server's span joins the job's trace.
+    /// Default: on.
     pub fn batch_completions(mut self, on: bool) -> Self {
         self.batch_completions = on;
         self
