@@ -497,6 +497,7 @@ impl Store for RedisStore {
                 .arg(&job.request_hash)
                 .arg(job.run_at_ms)
                 .arg(job.delay_ms)
+                .arg(job.priority)
                 .arg(fields.len() * 2);
             for (name, value) in fields {
                 inv.arg(name).arg(value.as_ref());

@@ -195,8 +195,10 @@ end
 -- field/value list), QUEUED in the ready set or SCHEDULED. Its first event
 -- (seq 1) is the record itself (is, ct), not a stream entry, and nobody can
 -- be watching a job that did not exist yet. run_at_arg / delay_arg as
--- submit's ARGV (0: none). Returns its state.
-local function create_job(job, ready, sched, seqkey, id, run_at_arg, delay_arg, fields, now)
+-- submit's ARGV (0: none); pr its priority. With `defer` (a batch), its
+-- place in the ready or sched set is added to defer.ready ({id, pr}) or
+-- defer.sched (score, id) for one call each. Returns its state.
+local function create_job(job, ready, sched, seqkey, id, run_at_arg, delay_arg, fields, now, pr, defer)
   local run_at = now
   if tonumber(run_at_arg) > 0 then
     run_at = tonumber(run_at_arg)
@@ -218,9 +220,17 @@ local function create_job(job, ready, sched, seqkey, id, run_at_arg, delay_arg, 
   args[n + 15], args[n + 16] = 'is', state
   redis.call(unpack(args))
   if state == S_SCHEDULED then
-    redis.call('ZADD', sched, fmt(run_at), id)
+    if defer then
+      defer.sched[#defer.sched + 1] = fmt(run_at)
+      defer.sched[#defer.sched + 1] = id
+    else
+      redis.call('ZADD', sched, fmt(run_at), id)
+    end
+  elseif defer then
+    defer.ready[#defer.ready + 1] = { id, pr }
   else
-    enqueue(job, ready, seqkey, id)
+    local s = redis.call('INCR', seqkey)
+    redis.call('ZADD', ready, fmt((1000 - pr) * 2199023255552 + s), id)
   end
   return state
 end

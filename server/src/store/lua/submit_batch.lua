@@ -7,16 +7,17 @@
 -- ARGV[1] idempotency ttl ms   ARGV[2] wake channel   ARGV[3] wake message
 -- ARGV[4..] per job, in the order of KEYS: job id, '1' when an idempotency
 --   key is given, request hash, run at ms (0: none), delay ms (0: none),
---   the number N of job hash field/value entries, then those N entries
+--   priority, the number N of job hash field/value entries, then those N
+--   entries
 -- Returns {'ok', {status, id, state}...} with status 'new' or 'dup' (state 0
 -- for a duplicate: the caller reads it) | {'conflict', job index (1-based), id}
 local jobs = {}
 local a = 4
 while a <= #ARGV do
-  local n = tonumber(ARGV[a + 5])
+  local n = tonumber(ARGV[a + 6])
   jobs[#jobs + 1] = { id = ARGV[a], idem = ARGV[a + 1] == '1', hash = ARGV[a + 2],
-    run_at = ARGV[a + 3], delay = ARGV[a + 4], first = a + 6, n = n }
-  a = a + 6 + n
+    run_at = ARGV[a + 3], delay = ARGV[a + 4], pr = tonumber(ARGV[a + 5]), first = a + 7, n = n }
+  a = a + 7 + n
 end
 -- Check every job before writing any.
 local seen = {}
@@ -40,7 +41,7 @@ for i, j in ipairs(jobs) do
   if not j.dup and redis.call('EXISTS', j.job) == 1 then return { 'conflict', i, j.id } end
 end
 local now = now_ms()
-local queued = false
+local defer = { ready = {}, sched = { 'ZADD', KEYS[2] } }
 for _, j in ipairs(jobs) do
   if j.dup then
     out[#out + 1] = { 'dup', j.dup, 0 }
@@ -48,14 +49,24 @@ for _, j in ipairs(jobs) do
     local fields = {}
     for f = j.first, j.first + j.n - 1 do fields[#fields + 1] = ARGV[f] end
     local state = create_job(j.job, KEYS[1], KEYS[2], KEYS[3], j.id, j.run_at, j.delay, fields,
-      now)
+      now, j.pr, defer)
     if j.idem then
       redis.call('HSET', j.rec, 'id', j.id, 'h', j.hash)
       redis.call('PEXPIRE', j.rec, ARGV[1])
     end
-    if state == S_QUEUED then queued = true end
     out[#out + 1] = { 'new', j.id, state }
   end
 end
-if queued then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+-- FIFO numbers for the whole batch in one call, then one ZADD per set.
+if #defer.ready > 0 then
+  local last = redis.call('INCRBY', KEYS[3], #defer.ready)
+  local add = { 'ZADD', KEYS[1] }
+  for k, e in ipairs(defer.ready) do
+    add[#add + 1] = fmt((1000 - e[2]) * 2199023255552 + last - #defer.ready + k)
+    add[#add + 1] = e[1]
+  end
+  redis.call(unpack(add))
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+if #defer.sched > 2 then redis.call(unpack(defer.sched)) end
 return { 'ok', out }
