@@ -272,7 +272,7 @@ pub async fn roundtrip(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric
     let mut p999 = Metric::new("roundtrip", "p99.9", "ms");
     for run in 0..o.runs {
         let mut h = histogram();
-        let warmup = 50.min(n);
+        let warmup = 50.min(n / 10);
         for i in 0..n + warmup {
             let started = Instant::now();
             let id = client
