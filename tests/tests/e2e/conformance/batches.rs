@@ -18,6 +18,7 @@ conformance! {
     a_batch_with_one_bad_job_is_refused_and_writes_nothing;
     a_batch_complete_refuses_a_stale_token_without_writing;
     a_batch_complete_leases_the_next_jobs_in_the_same_call;
+    the_client_library_submits_a_batch_all_or_nothing;
 }
 
 fn keyed(payload: &str, key: &str) -> SubmitRequest {
@@ -290,5 +291,35 @@ async fn a_batch_complete_leases_the_next_jobs_in_the_same_call(backend: Backend
             .await,
         Code::InvalidArgument,
         "lease without queues",
+    );
+}
+
+async fn the_client_library_submits_a_batch_all_or_nothing(backend: Backend) {
+    use jobctl_client::{Client, SubmitOptions};
+    let srv = TestServer::start_on(&backend, &[]).await;
+    let client = Client::connect_lazy(srv.endpoint.clone()).expect("client");
+    let jobs = (0..3).map(|i| SubmitOptions::new("q", "k").payload(format!("{i}")));
+    let submitted = client.submit_batch(jobs).await.expect("submit batch");
+    assert_eq!(submitted.len(), 3);
+    for (i, s) in submitted.iter().enumerate() {
+        assert!(!s.deduplicated);
+        assert_eq!(s.state, JobState::Queued);
+        assert_eq!(
+            get_job(&srv.job, &s.job_id).await.payload,
+            format!("{i}").into_bytes()
+        );
+    }
+    let before = StateSnapshot::take(&backend, &srv, &[], &["q"]).await;
+    let err = client
+        .submit_batch([
+            SubmitOptions::new("q", "k"),
+            SubmitOptions::new("q", "k").priority(5000),
+        ])
+        .await
+        .expect_err("a bad priority refuses the batch");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    before.assert_unchanged(
+        &StateSnapshot::take(&backend, &srv, &[], &["q"]).await,
+        "a refused client batch",
     );
 }
