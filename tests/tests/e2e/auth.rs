@@ -1514,7 +1514,7 @@ const MINIMAL_ACL: &str = "on >s3cret-jobctl-pass resetkeys ~jobctl:* resetchann
     &jobctl:{*}:ev:* -@all +ping +time +evalsha +script|load +zrange +zrevrange +zcard \
     +xrange +exists +hget +hgetall +sadd +smembers +subscribe +psubscribe +unsubscribe \
     +punsubscribe +del +hdel +hincrby +hmget +hset +incr +persist +pexpire +publish +xadd \
-    +zadd +zrem +zscore";
+    +zadd +zrem +zscore +incrby +zmscore";
 
 async fn add_acl_user(redis: &RedisServer, user: &str, rules: &str) {
     let mut conn = redis.conn().await;
