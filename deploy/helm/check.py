@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -164,6 +165,60 @@ ALL_FEATURES: dict[str, Any] = {
     },
 }
 
+# Authentication, TLS (gRPC and Redis) and OpenTelemetry export, on top of
+# every other feature: the "secured" scenario, and the second real-server run.
+SECURITY: dict[str, Any] = {
+    "redis": {
+        "tls": {"ca": {"existingConfigMap": "redis-ca"}, "clientCertSecret": "jobctl-redis-client"},
+    },
+    "auth": {
+        "methods": ["api-key", "jwt", "mtls"],
+        "apiKeys": {"existingSecret": "jobctl-api-keys"},
+        "jwt": {
+            "hs256Secret": {"existingSecret": "jobctl-jwt"},
+            "audience": "jobctl",
+            "issuer": "https://idp.example.com",
+            "leeway": "1m",
+        },
+        "mtls": {"namespaceFrom": "san", "defaultRoles": ["worker"]},
+    },
+    "tls": {"enabled": True, "existingSecret": "jobctl-tls", "clientCA": {"existingSecret": "jobctl-client-ca"}},
+    "otel": {
+        "enabled": True,
+        "endpoint": "http://otel-collector.observability.svc:4317",
+        "sampler": "parentbased_traceidratio",
+        "samplerArg": "0.25",
+        "resourceAttributes": "deployment.environment=prod",
+        "extraEnv": [
+            {"name": "OTEL_EXPORTER_OTLP_HEADERS",
+             "valueFrom": {"secretKeyRef": {"name": "otel-headers", "key": "headers"}}}
+        ],
+    },
+    "networkPolicy": {
+        "otel": {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}]},
+    },
+    "worker": {
+        "tokenSecret": {"name": "thumbnailer-token"},
+        "caCert": {"existingSecret": "jobctl-tls"},
+        "otelServiceName": "thumbnailer",
+    },
+    "tests": {"tls": {"ca": {"existingSecret": "jobctl-tls"}, "clientCertSecret": "jobctl-test-client"}},
+}
+
+
+def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """base with extra merged in, as Helm merges values (maps deeply, the rest replaced)."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+SECURED = merged(ALL_FEATURES, SECURITY)
+
 # name -> (values, oldest Kubernetes the rendering must be valid on, kinds expected)
 SCENARIOS: dict[str, tuple[dict[str, Any], str, set[str]]] = {
     "defaults": (
@@ -185,6 +240,26 @@ SCENARIOS: dict[str, tuple[dict[str, Any], str, set[str]]] = {
             "ServiceMonitor",
             "Pod",
         },
+    ),
+    "secured": (
+        SECURED,
+        "1.30.0",
+        {
+            "Deployment",
+            "Service",
+            "ServiceAccount",
+            "Secret",
+            "HorizontalPodAutoscaler",
+            "PodDisruptionBudget",
+            "NetworkPolicy",
+            "ServiceMonitor",
+            "Pod",
+        },
+    ),
+    "tls-only": (
+        {"tls": {"enabled": True, "existingSecret": "jobctl-tls"}},
+        OLDEST_KUBE,
+        {"Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "Pod"},
     ),
     "single-replica": (
         {"replicaCount": 1, "serviceAccount": {"create": False}},
@@ -217,6 +292,31 @@ MUST_FAIL: dict[str, tuple[dict[str, Any], str]] = {
         "needs replicaCount 1",
     ),
     "worker without an image": ({"worker": {"enabled": True}}, "worker.image.repository"),
+    "mtls without a client CA": (
+        {"auth": {"methods": ["mtls"]}, "tls": {"enabled": True, "existingSecret": "jobctl-tls"}},
+        "set tls.enabled and tls.clientCA",
+    ),
+    "client CA without TLS": (
+        {"tls": {"clientCA": {"existingSecret": "jobctl-client-ca"}}},
+        "tls.clientCA needs tls.enabled",
+    ),
+    "TLS without a certificate": ({"tls": {"enabled": True}}, "tls.enabled needs tls.existingSecret"),
+    "api-key without a keys file": ({"auth": {"methods": ["api-key"]}}, "auth.apiKeys.existingSecret"),
+    "JWT without an audience": (
+        {"auth": {"jwt": {"jwks": {"existingConfigMap": "jwks"}, "issuer": "https://idp"}}},
+        "auth.jwt.audience and auth.jwt.issuer",
+    ),
+    "JWT without a key": (
+        {"auth": {"methods": ["jwt"], "jwt": {"audience": "a", "issuer": "i"}}},
+        "set a key",
+    ),
+    "auth none with other methods": ({"auth": {"methods": ["none", "jwt"]}}, "none cannot be combined"),
+    "OpenTelemetry without an endpoint": ({"otel": {"enabled": True}}, "otel.enabled needs otel.endpoint"),
+    "schema: unknown auth method": ({"auth": {"methods": ["oauth"]}}, "methods"),
+    "schema: OTLP endpoint without scheme": (
+        {"otel": {"enabled": True, "endpoint": "collector:4317"}},
+        "endpoint",
+    ),
     "schema: replicaCount not a number": ({"replicaCount": "two"}, "replicaCount"),
     "schema: unknown top-level key": ({"replicas": 3}, "replicas"),
     "schema: bad readiness probe type": (
@@ -452,6 +552,7 @@ def check_chart_promises(objs: list[dict[str, Any]], values: dict[str, Any]) -> 
     grpc_address = (
         f"{service['metadata']['name']}.{NAMESPACE}.svc:{service_ports['grpc']['port']}"
     )
+    tls = bool(values.get("tls", {}).get("enabled"))
 
     # Autoscalers, budgets and policies point at what exists.
     names = {d["metadata"]["name"]: d for d in by_kind["Deployment"]}
@@ -480,8 +581,9 @@ def check_chart_promises(objs: list[dict[str, Any]], values: dict[str, Any]) -> 
     worker = deployments.get("worker")
     if worker is not None:
         wenv = env_of(worker["spec"]["template"]["spec"]["containers"][0])
-        if wenv.get("JOBCTL_SERVER", {}).get("value") != f"http://{grpc_address}":
-            raise Failure(f"the worker's JOBCTL_SERVER is {wenv.get('JOBCTL_SERVER')}, not http://{grpc_address}")
+        scheme = "https" if tls else "http"
+        if wenv.get("JOBCTL_SERVER", {}).get("value") != f"{scheme}://{grpc_address}":
+            raise Failure(f"the worker's JOBCTL_SERVER is {wenv.get('JOBCTL_SERVER')}, not {scheme}://{grpc_address}")
         if worker["spec"]["selector"]["matchLabels"] == server["spec"]["selector"]["matchLabels"]:
             raise Failure("the worker and server Deployments share a selector")
     elif values.get("worker", {}).get("enabled"):
@@ -492,8 +594,111 @@ def check_chart_promises(objs: list[dict[str, Any]], values: dict[str, Any]) -> 
     if len(tests) != 1:
         raise Failure(f"expected one helm test Pod, found {len(tests)}")
     for c in tests[0]["spec"]["containers"]:
-        if f"-addr={grpc_address}" not in c.get("args", []):
+        args = c.get("args", [])
+        if f"-addr={grpc_address}" not in args:
             raise Failure(f"the test Pod's {c['name']} does not dial {grpc_address}")
+        if ("-tls" in args) != tls:
+            raise Failure(f"the test Pod's {c['name']} dials with -tls={'-tls' in args}, the server's TLS is {tls}")
+        if tls and not ("-tls-no-verify" in args or any(a.startswith("-tls-ca-cert=") for a in args)):
+            raise Failure(f"the test Pod's {c['name']} neither verifies the server with a CA nor says -tls-no-verify")
+
+    check_security(server, deployments.get("worker"), tests[0], by_kind, values)
+
+
+def mounted_files(spec: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
+    """path -> "Secret name/key" or "ConfigMap name/key" of every file the
+    container's read-only Secret and ConfigMap mounts provide."""
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    files = {}
+    for mount in container.get("volumeMounts", []):
+        volume = volumes.get(mount["name"])
+        if volume is None:
+            raise Failure(f"container {container['name']} mounts {mount['name']}, which is no volume of its Pod")
+        source = volume.get("secret") or volume.get("configMap")
+        if source is None:
+            continue
+        if not mount.get("readOnly"):
+            raise Failure(f"container {container['name']} mounts {mount['name']} writable")
+        kind = "Secret " + source["secretName"] if "secret" in volume else "ConfigMap " + source["name"]
+        for item in source.get("items", []):
+            files[f"{mount['mountPath'].rstrip('/')}/{item['path']}"] = f"{kind}/{item['key']}"
+    return files
+
+
+def check_security(
+    server: dict[str, Any],
+    worker: dict[str, Any] | None,
+    test: dict[str, Any],
+    by_kind: dict[str, list[dict[str, Any]]],
+    values: dict[str, Any],
+) -> None:
+    """Authentication, TLS and OpenTelemetry settings reach the Pods as the
+    server's flags expect: each file variable names a file a read-only mount
+    provides, credentials come from Secrets, readiness works with TLS."""
+    spec = server["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    env = env_of(container)
+    files = mounted_files(spec, container)
+    for name, var in env.items():
+        value = var.get("value", "")
+        if value.startswith("/etc/jobctl/") and value not in files:
+            raise Failure(f"{name}={value}, a file no volume of the server provides")
+        if name in ("JOBCTL_TOKEN", "JOBCTL_REDIS_URL") and "value" in var:
+            raise Failure(f"{name} is a plain value, not a Secret")
+    tls = values.get("tls", {}).get("enabled", False)
+    if tls != ("JOBCTL_TLS_CERT" in env and "JOBCTL_TLS_KEY" in env):
+        raise Failure(f"tls.enabled is {tls}, yet JOBCTL_TLS_CERT/KEY are {'JOBCTL_TLS_CERT' in env}")
+    if tls:
+        if "grpc" in container["readinessProbe"]:
+            raise Failure("TLS is on, yet readiness is a (plaintext) gRPC probe")
+        if tls_cert := files.get(env["JOBCTL_TLS_CERT"]["value"]):
+            if not tls_cert.startswith("Secret "):
+                raise Failure(f"the server certificate comes from {tls_cert}, not a Secret")
+        grpc_port = next(p for p in by_kind["Service"][0]["spec"]["ports"] if p["name"] == "grpc")
+        if grpc_port.get("appProtocol") == "kubernetes.io/h2c":
+            raise Failure("TLS is on, yet the Service says the gRPC port is cleartext (h2c)")
+    for var in ("JOBCTL_API_KEYS_FILE", "JOBCTL_JWT_HS256_SECRET_FILE", "JOBCTL_TLS_KEY", "JOBCTL_REDIS_CLIENT_KEY"):
+        if var in env and not files[env[var]["value"]].startswith("Secret "):
+            raise Failure(f"{var} comes from {files[env[var]['value']]}, not a Secret")
+    methods = values.get("auth", {}).get("methods", [])
+    if methods and env.get("JOBCTL_AUTH", {}).get("value") != ",".join(methods):
+        raise Failure(f"JOBCTL_AUTH is {env.get('JOBCTL_AUTH')}, auth.methods {methods}")
+    if not methods and "JOBCTL_AUTH" in env:
+        raise Failure("JOBCTL_AUTH is set although auth.methods is empty")
+
+    otel = values.get("otel", {})
+    endpoint = otel.get("endpoint") if otel.get("enabled") else None
+    if env.get("OTEL_EXPORTER_OTLP_ENDPOINT", {}).get("value") != endpoint:
+        raise Failure(f"OTEL_EXPORTER_OTLP_ENDPOINT is {env.get('OTEL_EXPORTER_OTLP_ENDPOINT')}, not {endpoint}")
+    if endpoint:
+        url = urllib.parse.urlsplit(endpoint)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        for policy in by_kind.get("NetworkPolicy", []):
+            egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
+            if port not in egress_ports:
+                raise Failure(f"{where(policy)} does not let traces out to the collector port {port}")
+
+    if worker is not None:
+        wspec = worker["spec"]["template"]["spec"]
+        wcontainer = wspec["containers"][0]
+        wenv = env_of(wcontainer)
+        wfiles = mounted_files(wspec, wcontainer)
+        for name, var in wenv.items():
+            value = var.get("value", "")
+            if value.startswith("/etc/jobctl/") and value not in wfiles:
+                raise Failure(f"the worker's {name}={value}, a file no volume of the worker provides")
+        token = values.get("worker", {}).get("tokenSecret", {}).get("name")
+        if token and wenv.get("JOBCTL_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef", {}).get("name") != token:
+            raise Failure(f"the worker's JOBCTL_TOKEN does not come from Secret {token}")
+        if wenv.get("OTEL_EXPORTER_OTLP_ENDPOINT", {}).get("value") != endpoint:
+            raise Failure("the worker does not export traces where the server does")
+
+    for c in test["spec"]["containers"]:
+        tfiles = mounted_files(test["spec"], c)
+        for arg in c.get("args", []):
+            flag, _, value = arg.partition("=")
+            if flag in ("-tls-ca-cert", "-tls-client-cert", "-tls-client-key") and value not in tfiles:
+                raise Failure(f"the test Pod's {c['name']} passes {arg}, a file none of its volumes provides")
 
 
 def run_scenario(name: str, values: dict[str, Any], oldest: str, kinds: set[str], show: bool) -> str:
