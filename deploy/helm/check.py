@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -803,17 +804,70 @@ def http_status(url: str) -> int | None:
         return None
 
 
-def check_server(binary: Path) -> str:
-    """Runs the real jobctl-server with the environment the chart renders by
-    default, against a private redis-server on a free port, and checks what
-    the probes rely on: /healthz and /readyz answer 200; with Redis gone,
-    /readyz answers 503 while /healthz stays 200; SIGTERM ends it in time."""
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def make_pki(d: Path) -> None:
+    """A CA and a leaf certificate for 127.0.0.1 and localhost (server and
+    client use), with openssl; written to d as ca.crt, leaf.crt, leaf.key."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"),
+            "-days", "2", "-subj", "/CN=helm-check-ca")
+    openssl("req", *ec, "-keyout", str(d / "leaf.key"), "-out", str(d / "leaf.csr"), "-subj", "/CN=localhost")
+    (d / "leaf.ext").write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+        "extendedKeyUsage=serverAuth,clientAuth\n"
+    )
+    openssl("x509", "-req", "-in", str(d / "leaf.csr"), "-CA", str(d / "ca.crt"), "-CAkey", str(d / "ca.key"),
+            "-CAcreateserial", "-days", "2", "-out", str(d / "leaf.crt"), "-extfile", str(d / "leaf.ext"))
+
+
+def test_file(d: Path, path: str) -> Path:
+    """The stand-in for a file the chart mounts at path (/etc/jobctl/<volume>/<key>)."""
+    volume, key = path.removeprefix("/etc/jobctl/").split("/", 1)
+    if key in ("tls.crt", "tls.key") and volume in ("tls", "redis-client-cert"):
+        return d / ("leaf.crt" if key == "tls.crt" else "leaf.key")
+    if volume in ("tls-client-ca", "redis-ca"):
+        return d / "ca.crt"
+    if volume == "api-keys":
+        (d / "api-keys").write_text("helm-check-api-key-0123456789abcdef  default  client,worker,operator  check\n")
+        return d / "api-keys"
+    if volume == "jwt-hs256-secret":
+        (d / "hs256").write_text(os.urandom(32).hex())
+        return d / "hs256"
+    raise Failure(f"check_server has no test file for {path}")
+
+
+def tls_alpn(port: int, ca: Path) -> str | None:
+    """Handshakes with the gRPC port as a TLS client verifying against ca;
+    returns the negotiated ALPN protocol."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as conn:
+            return conn.selected_alpn_protocol()
+
+
+def check_server(binary: Path, values: dict[str, Any]) -> str:
+    """Runs the real jobctl-server with the environment the chart renders
+    for values, against a private redis-server on a free port, and checks
+    what the probes rely on: /healthz and /readyz answer 200; with Redis
+    gone, /readyz answers 503 while /healthz stays 200; SIGTERM ends it in
+    time.
+
+    With files mounted (auth, TLS, Redis TLS) each is replaced by a test
+    file (a CA and a certificate made with openssl, an API key, an HS256
+    secret) and redis-server runs TLS-only, requiring client certificates
+    and an ACL user. With tls.enabled the gRPC port must then handshake TLS
+    (h2) with that CA. OTEL_EXPORTER_OTLP_ENDPOINT is pointed at a closed
+    local port: export fails in the background and must not matter."""
     if not binary.is_file():
         raise Failure(f"{binary} is missing (cargo build --workspace --bins first)")
     help_text = subprocess.run([binary, "--help"], capture_output=True, text=True, check=True).stdout
     known = set(re.findall(r"JOBCTL_[A-Z0-9_]+", help_text))
-    objs = [obj for _, obj in objects(render({}))]
-    server = next(o for o in objs if o["kind"] == "Deployment")
+    objs = [obj for _, obj in objects(render(values))]
+    server = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["labels"]["app.kubernetes.io/component"] == "server")
     container = server["spec"]["template"]["spec"]["containers"][0]
     chart_env = env_of(container)
     unknown = sorted(name for name in chart_env if name.startswith("JOBCTL_") and name not in known)
@@ -822,24 +876,51 @@ def check_server(binary: Path) -> str:
 
     grpc_port, http_port, redis_port = free_port(), free_port(), free_port()
     env = {name: e["value"] for name, e in chart_env.items() if "value" in e}
-    env.update(
-        PATH=os.environ.get("PATH", "/usr/bin:/bin"),
-        # In the cluster these come from the Secret and the Pod's own ports.
-        JOBCTL_REDIS_URL=f"redis://127.0.0.1:{redis_port}",
-        JOBCTL_LISTEN=f"127.0.0.1:{grpc_port}",
-        JOBCTL_HTTP_LISTEN=f"127.0.0.1:{http_port}",
-    )
     base = f"http://127.0.0.1:{http_port}"
-    with tempfile.TemporaryDirectory() as data:
-        redis = subprocess.Popen(
-            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--dir", data],
-            stdout=subprocess.DEVNULL,
+    tls = "JOBCTL_TLS_CERT" in env
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        files = sorted(name for name, value in env.items() if value.startswith("/etc/jobctl/"))
+        redis_tls = "JOBCTL_REDIS_CA_CERT" in env or "JOBCTL_REDIS_CLIENT_CERT" in env
+        if files:
+            make_pki(d)
+            for name in files:
+                env[name] = str(test_file(d, env[name]))
+        if "OTEL_EXPORTER_OTLP_ENDPOINT" in env:
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"
+        redis_cmd = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--dir", tmp]
+        if redis_tls:
+            redis_cmd += [
+                "--port", "0", "--tls-port", str(redis_port),
+                "--tls-cert-file", str(d / "leaf.crt"), "--tls-key-file", str(d / "leaf.key"),
+                "--tls-ca-cert-file", str(d / "ca.crt"), "--tls-auth-clients", "yes",
+                "--user", "default", "off",
+                "--user", "jobctl", "on", ">helm-check-password", "~*", "&*", "+@all",
+            ]
+            redis_url = f"rediss://jobctl:helm-check-password@127.0.0.1:{redis_port}/0"
+        else:
+            redis_cmd += ["--port", str(redis_port)]
+            redis_url = f"redis://127.0.0.1:{redis_port}"
+        env.update(
+            PATH=os.environ.get("PATH", "/usr/bin:/bin"),
+            # In the cluster these come from the Secret and the Pod's own ports.
+            JOBCTL_REDIS_URL=redis_url,
+            JOBCTL_LISTEN=f"127.0.0.1:{grpc_port}",
+            JOBCTL_HTTP_LISTEN=f"127.0.0.1:{http_port}",
         )
+        redis = subprocess.Popen(redis_cmd, stdout=subprocess.DEVNULL)
         server_proc = subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            poll("/readyz to answer 200", lambda: http_status(base + "/readyz") == 200)
+            poll("/readyz to answer 200", lambda: server_proc.poll() is not None or http_status(base + "/readyz") == 200)
+            if server_proc.poll() is not None:
+                raise Failure(f"jobctl-server exited {server_proc.returncode}: {server_proc.stderr.read()[-600:]}")
             if http_status(base + "/healthz") != 200:
                 raise Failure("/healthz does not answer 200")
+            alpn = None
+            if tls:
+                alpn = tls_alpn(grpc_port, d / "ca.crt")
+                if alpn != "h2":
+                    raise Failure(f"the TLS gRPC port negotiated ALPN {alpn!r}, not h2")
             redis.terminate()
             redis.wait(timeout=30)
             poll("/readyz to answer 503 without Redis", lambda: http_status(base + "/readyz") == 503)
@@ -855,16 +936,34 @@ def check_server(binary: Path) -> str:
             took = time.monotonic() - started
             if code != 0:
                 raise Failure(f"jobctl-server exited {code} on SIGTERM")
-            logs = [line for line in server_proc.stderr.read().splitlines() if line.strip()]
+            log = server_proc.stderr.read()
+            logs = [line for line in log.splitlines() if line.strip()]
             if env.get("JOBCTL_LOG_FORMAT") == "json" and not all(line.startswith("{") for line in logs):
                 raise Failure("JOBCTL_LOG_FORMAT=json, yet some log lines are not JSON")
+            if "JOBCTL_AUTH" in env and "authentication is on" not in log:
+                raise Failure("JOBCTL_AUTH is set, yet the server did not say authentication is on")
+            if "OTEL_EXPORTER_OTLP_ENDPOINT" in env and "exporting traces" not in log:
+                raise Failure("OTEL_EXPORTER_OTLP_ENDPOINT is set, yet the server did not say it exports traces")
         finally:
             server_proc.kill()
             redis.kill()
             server_proc.wait()
             redis.wait()
+    extras = []
+    if files:
+        extras.append(f"{len(files)} mounted files stood in by test files")
+    if redis_tls:
+        extras.append("Redis over TLS with a client certificate and an ACL user")
+    if tls:
+        extras.append(f"gRPC TLS handshake ok (ALPN {alpn})")
+    if "JOBCTL_AUTH" in env:
+        extras.append(f"authentication on ({env['JOBCTL_AUTH']})")
+    if "OTEL_EXPORTER_OTLP_ENDPOINT" in env:
+        extras.append("OTLP export on")
     return (
-        f"{len(chart_env)} env vars accepted; /healthz 200, /readyz 200 then 503 without Redis "
+        f"{len(chart_env)} env vars accepted; "
+        + "".join(e + "; " for e in extras)
+        + f"/healthz 200, /readyz 200 then 503 without Redis "
         f"(/healthz still 200); SIGTERM exit 0 ({took:.1f}s, grace {grace}s)"
     )
 
@@ -932,8 +1031,9 @@ def main() -> int:
     step("Dockerfile", check_dockerfile)
     total = len(SCENARIOS) + len(MUST_FAIL) + 2
     if args.server_bin:
-        step("server with the chart's env", lambda: check_server(args.server_bin))
-        total += 1
+        step("server with the chart's env", lambda: check_server(args.server_bin, {}))
+        step("server with the secured scenario's env", lambda: check_server(args.server_bin, SECURED))
+        total += 2
 
     if failed:
         print(f"\n{total - len(failed)} passed, {len(failed)} failed: {', '.join(failed)}")
