@@ -7,6 +7,11 @@
 #   ./scripts/helm-check.sh                       run every check
 #   ./scripts/helm-check.sh --show all-features   also print that scenario's manifests
 #
+# With --server-bin PATH it also runs that jobctl-server against a private
+# redis-server, once with the default values and once with the "secured"
+# scenario's (TLS, Redis TLS, auth, OTLP), whose certificates it makes with
+# the openssl CLI (installed with apt-get when missing and run as root).
+#
 # Needs python3 (3.10+) with venv; installs the pinned packages of
 # deploy/helm/requirements.txt from PyPI into a venv under
 # ${XDG_CACHE_HOME:-~/.cache}/jobctl-helm-venv on first use.
@@ -29,6 +34,16 @@ if ! cmp -s "$requirements" "$stamp" 2>/dev/null; then
     fi
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
     cp "$requirements" "$stamp"
+fi
+
+if [[ " $* " == *" --server-bin "* || " $* " == *" --server-bin="* ]] && ! command -v openssl >/dev/null; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        apt-get install -y --no-install-recommends openssl \
+            || { apt-get update && apt-get install -y --no-install-recommends openssl; }
+    else
+        echo "error: helm-check --server-bin needs the openssl CLI (Debian/Ubuntu: apt-get install openssl)" >&2
+        exit 1
+    fi
 fi
 
 exec "$venv/bin/python" deploy/helm/check.py "$@"

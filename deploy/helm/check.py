@@ -2,7 +2,8 @@
 """Checks the jobctl Helm chart and the Dockerfile, offline.
 
 For each scenario of values (the defaults, every optional feature on, the
-embedded store, ...):
+same "secured" with authentication, TLS, Redis TLS and OpenTelemetry, TLS
+alone, the embedded store, ...):
 
 1. `helm lint --strict` with those values (Helm's own library, through
    helm-python-sdk; it also validates the values against values.schema.json);
@@ -14,7 +15,11 @@ embedded store, ...):
    the "restricted" Pod Security Standard;
 5. what the chart promises: the grace period outlasts the server's drain,
    the Redis URL comes from a Secret, selectors match, the worker dials the
-   Service, every object carries the standard labels.
+   Service, every object carries the standard labels; every file variable
+   (JOBCTL_API_KEYS_FILE, JOBCTL_TLS_CERT, ...) names a file a read-only
+   Secret or ConfigMap mount provides; with TLS, readiness is /readyz and the
+   test Pod and workers dial with TLS; traces may leave through the
+   NetworkPolicy.
 
 Scenarios that must be refused (a template guard or the schema) are
 rendered too, and must fail. The values table of the chart's README must
@@ -22,7 +27,10 @@ list every value. The Dockerfile is parsed with BuildKit's parser and
 checked for a multi-stage build ending as a numeric non-root user. With
 --server-bin, the real jobctl-server runs with the environment the chart
 renders, against a private redis-server, and its /healthz and /readyz must
-behave as the probes assume.
+behave as the probes assume: once with the default values, once with the
+secured scenario's (files replaced by test files made with openssl,
+redis-server TLS-only with client certificates and an ACL user, the gRPC
+port checked to handshake TLS).
 
 Run through scripts/helm-check.sh, which installs the Python packages.
 Runs every check, then exits non-zero if any failed.
