@@ -213,6 +213,59 @@ impl WorkerBuilder {
         self
     }
 
+    /// [`Worker::builder_from_env`] with the variables read through `var`.
+    fn from_lookup(var: impl Fn(&str) -> Option<String>) -> WorkerBuilder {
+        let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        let endpoint = set("JOBCTL_SERVER").unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
+        let mut builder = WorkerBuilder::new(endpoint);
+        let read = |name: &str, builder: &mut WorkerBuilder| -> Option<Vec<u8>> {
+            let path = set(name)?;
+            match std::fs::read(&path) {
+                Ok(bytes) => Some(bytes),
+                Err(error) => {
+                    builder
+                        .problems
+                        .push(format!("{name}: cannot read {path:?}: {error}"));
+                    None
+                }
+            }
+        };
+        let token_file = read("JOBCTL_TOKEN_FILE", &mut builder);
+        match (set("JOBCTL_TOKEN"), token_file) {
+            (Some(_), Some(_)) => builder
+                .problems
+                .push("set JOBCTL_TOKEN or JOBCTL_TOKEN_FILE, not both".to_owned()),
+            (Some(token), None) => builder = builder.bearer_token(token.trim()),
+            (None, Some(bytes)) => match String::from_utf8(bytes) {
+                Ok(token) => builder = builder.bearer_token(token.trim()),
+                Err(_) => builder
+                    .problems
+                    .push("JOBCTL_TOKEN_FILE: the token is not text".to_owned()),
+            },
+            (None, None) => {}
+        }
+        if let Some(pem) = read("JOBCTL_CA_CERT", &mut builder) {
+            builder = builder.tls_ca_certificate_pem(pem);
+        }
+        if set("JOBCTL_CLIENT_CERT").is_some() != set("JOBCTL_CLIENT_KEY").is_some() {
+            builder
+                .problems
+                .push("JOBCTL_CLIENT_CERT and JOBCTL_CLIENT_KEY go together".to_owned());
+        }
+        let cert = read("JOBCTL_CLIENT_CERT", &mut builder);
+        let key = read("JOBCTL_CLIENT_KEY", &mut builder);
+        if let (Some(cert), Some(key)) = (cert, key) {
+            builder = builder.tls_identity_pem(cert, key);
+        }
+        if let Some(domain) = set("JOBCTL_TLS_DOMAIN") {
+            builder = builder.tls_domain_name(domain);
+        }
+        if let Some(id) = set("JOBCTL_WORKER_ID") {
+            builder = builder.worker_id(id);
+        }
+        builder
+    }
+
     /// Registers the handler of a job kind.
     ///
     /// ```no_run
@@ -467,11 +520,32 @@ impl fmt::Debug for Worker {
     }
 }
 
+/// The endpoint [`Worker::builder_from_env`] uses when `JOBCTL_SERVER` is unset.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:50051";
+
 impl Worker {
     /// Starts configuring a worker for the server at `endpoint`
     /// (`http://host:port`; `host:port` works too).
     pub fn builder(endpoint: impl Into<String>) -> WorkerBuilder {
         WorkerBuilder::new(endpoint.into())
+    }
+
+    /// Starts configuring a worker from the environment, with the variables
+    /// the `jobctl` CLI reads and the Helm chart's worker Deployment sets:
+    ///
+    /// | variable | meaning |
+    /// |---|---|
+    /// | `JOBCTL_SERVER` | the endpoint (default `http://127.0.0.1:50051`) |
+    /// | `JOBCTL_TOKEN` or `JOBCTL_TOKEN_FILE` | the bearer token, or a file holding it |
+    /// | `JOBCTL_CA_CERT` | a PEM file of the CA the server's certificate must chain to |
+    /// | `JOBCTL_CLIENT_CERT` and `JOBCTL_CLIENT_KEY` | PEM files of a client certificate (mTLS) |
+    /// | `JOBCTL_TLS_DOMAIN` | the name the server's certificate must carry |
+    /// | `JOBCTL_WORKER_ID` | the worker id (default: host name and process id) |
+    ///
+    /// A file that cannot be read, or a variable set inconsistently, is
+    /// reported by [`WorkerBuilder::build`].
+    pub fn builder_from_env() -> WorkerBuilder {
+        WorkerBuilder::from_lookup(|name| std::env::var(name).ok())
     }
 
     /// The id this worker leases under.
@@ -841,6 +915,77 @@ mod tests {
             Err(e) => panic!("expected a config error, got {e:?}"),
             Ok(_) => panic!("expected a config error, got a worker"),
         }
+    }
+
+    fn from_env(vars: &[(&str, &str)]) -> WorkerBuilder {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        WorkerBuilder::from_lookup(|name| vars.get(name).cloned())
+            .handler("k", |_ctx: JobContext| async { Ok(Vec::new()) })
+    }
+
+    /// A file of this test process's own in the temp dir, removed on drop.
+    struct TempFile(std::path::PathBuf);
+    impl TempFile {
+        fn new(name: &str, contents: &str) -> TempFile {
+            let path =
+                std::env::temp_dir().join(format!("jobctl-worker-{}-{name}", std::process::id()));
+            std::fs::write(&path, contents).unwrap();
+            TempFile(path)
+        }
+        fn path(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn the_environment_configures_endpoint_credentials_and_tls() {
+        let empty = from_env(&[("JOBCTL_SERVER", " ")]);
+        assert_eq!(empty.endpoint, DEFAULT_ENDPOINT);
+        assert!(empty.bearer_token.is_none() && empty.tls.is_none());
+        assert!(empty.build().is_ok());
+
+        let token = TempFile::new("token", "s3cret\n");
+        let ca = TempFile::new("ca", "CA PEM");
+        let b = from_env(&[
+            ("JOBCTL_SERVER", "https://jobctl.example:50051"),
+            ("JOBCTL_TOKEN_FILE", token.path()),
+            ("JOBCTL_CA_CERT", ca.path()),
+            ("JOBCTL_TLS_DOMAIN", "jobctl.svc"),
+            ("JOBCTL_WORKER_ID", "pod-7"),
+        ]);
+        assert_eq!(b.endpoint, "https://jobctl.example:50051");
+        assert_eq!(b.bearer_token.as_deref(), Some("s3cret"));
+        let tls = b.tls.as_ref().unwrap();
+        assert_eq!(tls.ca_pem.as_deref(), Some(&b"CA PEM"[..]));
+        assert_eq!(tls.domain.as_deref(), Some("jobctl.svc"));
+        assert!(tls.identity.is_none());
+        assert_eq!(b.worker_id.as_deref(), Some("pod-7"));
+
+        let plain = from_env(&[("JOBCTL_TOKEN", "tok")]);
+        assert_eq!(plain.bearer_token.as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn a_bad_environment_is_a_config_error() {
+        let token = TempFile::new("both", "t");
+        let both = config_error(from_env(&[
+            ("JOBCTL_TOKEN", "t"),
+            ("JOBCTL_TOKEN_FILE", token.path()),
+        ]));
+        assert!(both.contains("not both"), "{both}");
+        let missing = config_error(from_env(&[("JOBCTL_CA_CERT", "/nonexistent/ca.pem")]));
+        assert!(missing.contains("JOBCTL_CA_CERT"), "{missing}");
+        let cert = TempFile::new("cert", "C");
+        let half = config_error(from_env(&[("JOBCTL_CLIENT_CERT", cert.path())]));
+        assert!(half.contains("go together"), "{half}");
     }
 
     #[test]
