@@ -7,14 +7,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, BufMut};
 use jobctl_client::{Client, ConnectOptions, Credentials};
 use jobctl_proto::v1::admin_service_client::AdminServiceClient;
 use jobctl_proto::v1::job_service_client::JobServiceClient;
 use jobctl_proto::v1::worker_service_client::WorkerServiceClient;
 use jobctl_proto::v1::{
-    CancelRequest, GetQueueStatsRequest, GetStatusRequest, JobState, LeaseRequest, LeasedJob,
-    ListFailedRequest, ReleaseRequest, RequeueRequest, WatchProgressRequest,
+    CancelRequest, CompleteBatchRequest, GetQueueStatsRequest, GetStatusRequest, JobState,
+    LeaseRequest, LeasedJob, ListFailedRequest, ReleaseRequest, RequeueRequest, SubmitBatchRequest,
+    WatchProgressRequest,
 };
 use jobctl_tests::*;
 use jobctl_worker::{JobContext, Worker};
@@ -22,8 +22,6 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use sha2::{Digest, Sha256};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::codegen::http::uri::PathAndQuery;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Status};
@@ -164,10 +162,13 @@ enum Rpc {
     ListFailed,
     Requeue,
     GetQueueStats,
+    SubmitBatch,
+    CompleteBatch,
 }
 
 impl Rpc {
-    const ALL: [Rpc; 12] = [
+    /// In the order of `jobctl_tests::METHODS`.
+    const ALL: [Rpc; 14] = [
         Rpc::Submit,
         Rpc::GetStatus,
         Rpc::Cancel,
@@ -180,13 +181,22 @@ impl Rpc {
         Rpc::ListFailed,
         Rpc::Requeue,
         Rpc::GetQueueStats,
+        Rpc::SubmitBatch,
+        Rpc::CompleteBatch,
     ];
 
     /// The role the RPC needs.
     fn role(self) -> &'static str {
         match self {
-            Rpc::Submit | Rpc::GetStatus | Rpc::Cancel | Rpc::WatchProgress => "client",
-            Rpc::Lease | Rpc::Heartbeat | Rpc::Complete | Rpc::Fail | Rpc::Release => "worker",
+            Rpc::Submit | Rpc::SubmitBatch | Rpc::GetStatus | Rpc::Cancel | Rpc::WatchProgress => {
+                "client"
+            }
+            Rpc::Lease
+            | Rpc::Heartbeat
+            | Rpc::Complete
+            | Rpc::CompleteBatch
+            | Rpc::Fail
+            | Rpc::Release => "worker",
             Rpc::ListFailed | Rpc::Requeue | Rpc::GetQueueStats => "operator",
         }
     }
@@ -195,7 +205,7 @@ impl Rpc {
     fn names_a_job(self) -> bool {
         !matches!(
             self,
-            Rpc::Submit | Rpc::Lease | Rpc::ListFailed | Rpc::GetQueueStats
+            Rpc::Submit | Rpc::SubmitBatch | Rpc::Lease | Rpc::ListFailed | Rpc::GetQueueStats
         )
     }
 }
@@ -285,6 +295,44 @@ async fn call(c: &Caller, rpc: Rpc, t: &Targets) -> Result<(), Status> {
                 return leak("submit");
             }
             Ok(())
+        }
+        Rpc::SubmitBatch => {
+            let results = c
+                .job
+                .clone()
+                .submit_batch(SubmitBatchRequest {
+                    jobs: vec![submit_request("q", "k", "x")],
+                })
+                .await?
+                .into_inner()
+                .results;
+            if results.iter().any(|r| r.job_id == t.queued) {
+                return leak("submit batch");
+            }
+            Ok(())
+        }
+        Rpc::CompleteBatch => {
+            let results = c
+                .worker
+                .clone()
+                .complete_batch(CompleteBatchRequest {
+                    completions: vec![complete_request(&t.running, b"stolen")],
+                    lease_max_jobs: 0,
+                    worker_id: String::new(),
+                    queues: Vec::new(),
+                })
+                .await?
+                .into_inner()
+                .results;
+            // The per-item answer is what Complete would have said.
+            match results.as_slice() {
+                [one] if one.code == 0 => Ok(()),
+                [one] => Err(Status::new(Code::from_i32(one.code), one.message.clone())),
+                _ => Err(Status::internal(format!(
+                    "{} results for one",
+                    results.len()
+                ))),
+            }
         }
         Rpc::GetStatus => c
             .job
@@ -1141,93 +1189,6 @@ async fn bad_auth_settings_stop_the_server_at_start_up() {
 }
 
 // --- transport limits ------------------------------------------------------------------
-
-/// A codec that sends raw bytes, to put anything in a gRPC frame.
-#[derive(Clone, Copy, Debug, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        let n = src.remaining();
-        Ok(Some(src.copy_to_bytes(n).to_vec()))
-    }
-}
-
-const METHODS: [(&str, bool); 12] = [
-    ("/jobctl.v1.JobService/Submit", false),
-    ("/jobctl.v1.JobService/GetStatus", false),
-    ("/jobctl.v1.JobService/Cancel", false),
-    ("/jobctl.v1.JobService/WatchProgress", true),
-    ("/jobctl.v1.WorkerService/Lease", false),
-    ("/jobctl.v1.WorkerService/Heartbeat", false),
-    ("/jobctl.v1.WorkerService/Complete", false),
-    ("/jobctl.v1.WorkerService/Fail", false),
-    ("/jobctl.v1.WorkerService/Release", false),
-    ("/jobctl.v1.AdminService/ListFailed", false),
-    ("/jobctl.v1.AdminService/Requeue", false),
-    ("/jobctl.v1.AdminService/GetQueueStats", false),
-];
-
-/// Sends `body` as the one message of `method` with `token`; the status it
-/// ends with.
-async fn send_raw(
-    channel: &Channel,
-    token: Option<&str>,
-    method: &'static str,
-    streaming: bool,
-    body: Vec<u8>,
-) -> Result<(), Status> {
-    let creds = match token {
-        Some(t) => Credentials::bearer(t).expect("token"),
-        None => Credentials::none(),
-    };
-    let mut grpc = tonic::client::Grpc::new(InterceptedService::new(channel.clone(), creds));
-    grpc.ready()
-        .await
-        .map_err(|e| Status::unavailable(e.to_string()))?;
-    let path = PathAndQuery::from_static(method);
-    let call = async {
-        if streaming {
-            let mut stream = grpc
-                .server_streaming(tonic::Request::new(body), path, RawCodec)
-                .await?
-                .into_inner();
-            while stream.message().await?.is_some() {}
-            Ok(())
-        } else {
-            grpc.unary(tonic::Request::new(body), path, RawCodec)
-                .await
-                .map(drop)
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), call)
-        .await
-        .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer within 10s")))
-}
 
 /// Protobuf groups nested `depth` deep (field 15, start and end tags).
 fn nested_groups(depth: usize) -> Vec<u8> {

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use bytes::{Buf, BufMut};
 use jobctl_proto::v1::{
     CancelRequest, CompleteRequest, FailRequest, GetStatusRequest, HeartbeatRequest, JobError,
     ReleaseRequest, RequeueRequest, SubmitRequest, WatchProgressRequest,
@@ -11,8 +10,6 @@ use jobctl_proto::v1::{
 use jobctl_tests::*;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::codegen::http::uri::PathAndQuery;
 use tonic::{Code, Status};
 
 conformance! {
@@ -185,96 +182,6 @@ async fn watch_first(srv: &TestServer, id: &str) -> Result<(), Status> {
     }
 }
 
-/// A codec that sends and receives raw bytes, so a test can put any bytes
-/// in a gRPC frame.
-#[derive(Clone, Copy, Debug, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        let n = src.remaining();
-        Ok(Some(src.copy_to_bytes(n).to_vec()))
-    }
-}
-
-const METHODS: &[(&str, bool)] = &[
-    ("/jobctl.v1.JobService/Submit", false),
-    ("/jobctl.v1.JobService/GetStatus", false),
-    ("/jobctl.v1.JobService/Cancel", false),
-    ("/jobctl.v1.JobService/WatchProgress", true),
-    ("/jobctl.v1.WorkerService/Lease", false),
-    ("/jobctl.v1.WorkerService/Heartbeat", false),
-    ("/jobctl.v1.WorkerService/Complete", false),
-    ("/jobctl.v1.WorkerService/Fail", false),
-    ("/jobctl.v1.WorkerService/Release", false),
-    ("/jobctl.v1.AdminService/ListFailed", false),
-    ("/jobctl.v1.AdminService/Requeue", false),
-    ("/jobctl.v1.AdminService/GetQueueStats", false),
-];
-
-/// Sends `body` as the one message of `method`; the status it ends with
-/// (`Ok` for a unary success or a stream that ended cleanly).
-async fn send_raw(
-    srv: &TestServer,
-    method: &'static str,
-    streaming: bool,
-    body: Vec<u8>,
-) -> Result<(), Status> {
-    let mut grpc = tonic::client::Grpc::new(srv.channel());
-    grpc.ready()
-        .await
-        .map_err(|e| Status::unavailable(e.to_string()))?;
-    let path = PathAndQuery::from_static(method);
-    let call = async {
-        if streaming {
-            let mut stream = grpc
-                .server_streaming(tonic::Request::new(body), path, RawCodec)
-                .await?
-                .into_inner();
-            while stream.message().await?.is_some() {}
-            Ok(())
-        } else {
-            grpc.unary(tonic::Request::new(body), path, RawCodec)
-                .await
-                .map(drop)
-        }
-    };
-    match tokio::time::timeout(Duration::from_secs(10), call).await {
-        Ok(result) => result,
-        Err(_) => Err(Status::deadline_exceeded(format!(
-            "{method} did not answer within 10s"
-        ))),
-    }
-}
-
 /// Bytes that are not a valid protobuf encoding of any message.
 fn invalid_protobuf() -> Vec<(&'static str, Vec<u8>)> {
     vec![
@@ -308,9 +215,9 @@ async fn garbage_frames_are_refused_without_a_panic_and_the_server_keeps_serving
     let srv = TestServer::start_on(&backend, &["--max-lease-wait", "1s"]).await;
     let mut problems = Vec::new();
 
-    for (method, streaming) in METHODS {
+    for (method, streaming) in &METHODS {
         for (what, body) in invalid_protobuf() {
-            match send_raw(&srv, method, *streaming, body).await {
+            match send_raw(&srv.channel(), None, method, *streaming, body).await {
                 Ok(()) => {}
                 // Decoding errors are INTERNAL in gRPC's own mapping; a
                 // server may also say INVALID_ARGUMENT.
@@ -327,11 +234,11 @@ async fn garbage_frames_are_refused_without_a_panic_and_the_server_keeps_serving
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x6a6f6263);
     for round in 0..20 {
-        for (method, streaming) in METHODS {
+        for (method, streaming) in &METHODS {
             let len = rng.random_range(0..2048);
             let mut body = vec![0u8; len];
             rng.fill(&mut body[..]);
-            if let Err(s) = send_raw(&srv, method, *streaming, body).await
+            if let Err(s) = send_raw(&srv.channel(), None, method, *streaming, body).await
                 && matches!(
                     s.code(),
                     Code::Unknown | Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
@@ -342,7 +249,7 @@ async fn garbage_frames_are_refused_without_a_panic_and_the_server_keeps_serving
         }
     }
     for method in ["/jobctl.v1.JobService/Nope", "/jobctl.v1.Nope/Submit", "/x"] {
-        let s = send_raw(&srv, method, false, vec![1, 2, 3]).await;
+        let s = send_raw(&srv.channel(), None, method, false, vec![1, 2, 3]).await;
         match s {
             Err(s) if s.code() == Code::Unimplemented => {}
             other => problems.push(format!("{method}: expected UNIMPLEMENTED, got {other:?}")),
