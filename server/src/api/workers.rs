@@ -13,7 +13,7 @@ use crate::auth::Role;
 use crate::error::Error;
 use crate::keys::queue_tag;
 use crate::metrics::{self, Metrics};
-use crate::model::duration_ms;
+use crate::model::{Validator, duration_ms};
 use crate::store::{Completion, Failure, timestamp};
 use crate::telemetry;
 
@@ -61,6 +61,35 @@ impl WorkerApi {
     }
 }
 
+/// Checks who leases, from which queues, and how many jobs at most (the
+/// count and the field it came in): the same rules for `Lease` and for the
+/// lease that follows a `CompleteBatch`.
+fn check_lease(
+    v: &Validator,
+    worker_id: &str,
+    queues: &[String],
+    (field, max_jobs): (&'static str, u32),
+) -> Result<(), Error> {
+    let limits = &v.limits;
+    v.name("worker_id", worker_id)?;
+    if queues.is_empty() || queues.len() > limits.max_lease_queues {
+        return Err(Error::InvalidArgument {
+            field: "queues",
+            reason: format!("name 1 to {} queues", limits.max_lease_queues),
+        });
+    }
+    for queue in queues {
+        v.queue("queues", queue)?;
+    }
+    if max_jobs > limits.max_lease_batch {
+        return Err(Error::InvalidArgument {
+            field,
+            reason: format!("must be at most {}", limits.max_lease_batch),
+        });
+    }
+    Ok(())
+}
+
 /// The status of one item of a batch.
 fn item_status(e: Error) -> (i32, String) {
     let status = Status::from(e);
@@ -77,24 +106,12 @@ impl WorkerService for WorkerApi {
         let req = request.into_inner();
         let shared = &self.0;
         let limits = &shared.validator.limits;
-        shared.validator.name("worker_id", &req.worker_id)?;
-        if req.queues.is_empty() || req.queues.len() > limits.max_lease_queues {
-            return Err(Error::InvalidArgument {
-                field: "queues",
-                reason: format!("name 1 to {} queues", limits.max_lease_queues),
-            }
-            .into());
-        }
-        for queue in &req.queues {
-            shared.validator.queue("queues", queue)?;
-        }
-        if req.max_jobs > limits.max_lease_batch {
-            return Err(Error::InvalidArgument {
-                field: "max_jobs",
-                reason: format!("must be at most {}", limits.max_lease_batch),
-            }
-            .into());
-        }
+        check_lease(
+            &shared.validator,
+            &req.worker_id,
+            &req.queues,
+            ("max_jobs", req.max_jobs),
+        )?;
         let max = req.max_jobs.max(1) as usize;
         let wait = match &req.wait {
             Some(d) => Duration::from_millis(duration_ms("wait", d)?).min(limits.max_lease_wait),
@@ -213,25 +230,13 @@ impl WorkerService for WorkerApi {
             }
             .into());
         }
-        if req.lease_max_jobs > limits.max_lease_batch {
-            return Err(Error::InvalidArgument {
-                field: "lease_max_jobs",
-                reason: format!("must be at most {}", limits.max_lease_batch),
-            }
-            .into());
-        }
         if req.lease_max_jobs > 0 {
-            v.name("worker_id", &req.worker_id)?;
-            if req.queues.is_empty() || req.queues.len() > limits.max_lease_queues {
-                return Err(Error::InvalidArgument {
-                    field: "queues",
-                    reason: format!("name 1 to {} queues", limits.max_lease_queues),
-                }
-                .into());
-            }
-            for queue in &req.queues {
-                v.queue("queues", queue)?;
-            }
+            check_lease(
+                v,
+                &req.worker_id,
+                &req.queues,
+                ("lease_max_jobs", req.lease_max_jobs),
+            )?;
         }
         // Each completion is checked on its own; a bad one is answered in
         // its result and does not hold up the others.
