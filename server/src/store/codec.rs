@@ -222,6 +222,77 @@ fn number<T: std::str::FromStr + Default>(bytes: &[u8]) -> T {
         .unwrap_or_default()
 }
 
+/// The fields of the events kept in a job's record (e2 ... e6, see
+/// prelude.lua's INLINE_LAST).
+pub const INLINE_FIELDS: [&str; 5] = ["e2", "e3", "e4", "e5", "e6"];
+
+/// The events kept in a job's record, from HMGET st ct is ei e2 ... e6:
+/// the first (created, from `is` and `ct`) and the inline ones up to `ei`.
+/// None when the job does not exist.
+pub fn record_events(
+    fields: &[Option<Vec<u8>>],
+    job_id: &str,
+) -> Result<Option<Vec<v1::JobEvent>>> {
+    let field = |i: usize| fields.get(i).and_then(Option::as_deref);
+    if field(0).is_none() {
+        return Ok(None);
+    }
+    let mut events = Vec::new();
+    // Records written before the first event moved into them have no `is`.
+    if let Some(initial) = field(2) {
+        events.push(v1::JobEvent {
+            seq: 1,
+            job_id: job_id.to_owned(),
+            kind: v1::EventKind::StateChanged.into(),
+            state: number(initial),
+            time: timestamp(number(field(1).unwrap_or_default())),
+            ..Default::default()
+        });
+        let last: u64 = number(field(3).unwrap_or_default());
+        for seq in 2..=last {
+            let value = usize::try_from(seq + 2)
+                .ok()
+                .and_then(field)
+                .ok_or_else(|| {
+                    Error::Corrupt(format!("job {job_id}: inline event {seq} missing"))
+                })?;
+            events.push(inline_event(value, seq, job_id)?);
+        }
+    }
+    Ok(Some(events))
+}
+
+/// One inline event: `kind,state,time,attempt,progress length,tag,` then
+/// the progress bytes and a tail, the error (tag `e`) or result (tag `r`).
+fn inline_event(value: &[u8], seq: u64, job_id: &str) -> Result<v1::JobEvent> {
+    let corrupt = || Error::Corrupt(format!("job {job_id}: inline event {seq}"));
+    let mut parts = value.splitn(7, |b| *b == b',');
+    let mut next = || parts.next().ok_or_else(corrupt);
+    let (kind, state, time, attempt, pg_len, tag) =
+        (next()?, next()?, next()?, next()?, next()?, next()?);
+    let rest = next()?;
+    let pg_len: usize = number(pg_len);
+    let (pg, tail) = rest.split_at_checked(pg_len).ok_or_else(corrupt)?;
+    let mut event = v1::JobEvent {
+        seq,
+        job_id: job_id.to_owned(),
+        kind: number(kind),
+        state: number(state),
+        time: timestamp(number(time)),
+        attempt: number(attempt),
+        ..Default::default()
+    };
+    if !pg.is_empty() {
+        event.progress = Some(decode("progress", pg)?);
+    }
+    match tag {
+        b"e" => event.error = Some(decode("error", tail)?),
+        b"r" => event.result = tail.to_vec(),
+        _ => {}
+    }
+    Ok(event)
+}
+
 /// Job events from an XRANGE reply (entry id `<seq>-0`; fields k kind,
 /// s state, t time ms, a attempt, p progress, e error, r result).
 pub fn stream_events(reply: &Value, job_id: &str) -> Result<Vec<v1::JobEvent>> {

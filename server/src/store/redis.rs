@@ -345,11 +345,11 @@ impl Store for RedisStore {
     ) -> Result<Vec<v1::JobEvent>> {
         let qk = self.keys.queue(ns, id.queue());
         let ev = qk.events(id);
-        type Head = (Option<i64>, Option<u64>, Option<i64>);
-        let ((state, created, initial), first, entries): (Head, Value, Value) = redis::pipe()
+        let (record, first, entries): (Vec<Option<Vec<u8>>>, Value, Value) = redis::pipe()
             .cmd("HMGET")
             .arg(qk.job(id))
-            .arg(&["st", "ct", "is"])
+            .arg(&["st", "ct", "is", "ei"])
+            .arg(&codec::INLINE_FIELDS[..])
             .cmd("XRANGE")
             .arg(&ev)
             .arg("-")
@@ -364,26 +364,22 @@ impl Store for RedisStore {
             .arg(limit)
             .query_async(&mut self.conn())
             .await?;
-        if state.is_none() {
-            return Err(Error::NotFound(id.to_string()));
-        }
         let job_id = id.to_string();
-        let oldest = codec::stream_events(&first, &job_id)?
+        let Some(in_record) = codec::record_events(&record, &job_id)? else {
+            return Err(Error::NotFound(job_id));
+        };
+        let oldest_in_stream = codec::stream_events(&first, &job_id)?
             .first()
             .map(|e| e.seq);
-        // The first event lives in the record (see prelude.lua) unless the
-        // stream holds it (records written before) or it was trimmed away.
-        let initial = initial
-            .filter(|_| oldest.is_none_or(|seq| seq == 2))
-            .map(|state| v1::JobEvent {
-                seq: 1,
-                job_id: job_id.clone(),
-                kind: v1::EventKind::StateChanged.into(),
-                state: codec::state(state).into(),
-                time: codec::timestamp(created.unwrap_or_default()),
-                ..Default::default()
-            });
-        let oldest = if initial.is_some() { Some(1) } else { oldest };
+        // The record's events (see prelude.lua) come first, unless the
+        // stream's history was trimmed past them.
+        let next_in_record = in_record.last().map_or(1, |e| e.seq + 1);
+        let in_record = if oldest_in_stream.is_none_or(|seq| seq == next_in_record) {
+            in_record
+        } else {
+            Vec::new()
+        };
+        let oldest = in_record.first().map(|e| e.seq).or(oldest_in_stream);
         if let Some(oldest) = oldest
             && oldest > after + 1
         {
@@ -391,11 +387,10 @@ impl Store for RedisStore {
                 "events after {after} of job {id} are no longer kept; the oldest kept is {oldest}"
             )));
         }
-        let mut events = codec::stream_events(&entries, &job_id)?;
-        if let Some(initial) = initial.filter(|_| after == 0 && limit > 0) {
-            events.insert(0, initial);
-            events.truncate(limit);
-        }
+        let mut events: Vec<v1::JobEvent> =
+            in_record.into_iter().filter(|e| e.seq > after).collect();
+        events.extend(codec::stream_events(&entries, &job_id)?);
+        events.truncate(limit);
         Ok(events)
     }
 

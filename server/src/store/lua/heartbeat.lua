@@ -10,7 +10,8 @@ if refused then return refused end
 local now = now_ms()
 local f = redis.call('HMGET', KEYS[1], 'lt', 'dl', 'cr', 'crr')
 local le = now + tonumber(f[1])
-if f[2] and tonumber(f[2]) < le then le = tonumber(f[2]) end
+local dl = tonumber(f[2] or '0')
+if dl > 0 and dl < le then le = dl end
 redis.call('HSET', KEYS[1], 'le', fmt(le), 'ua', fmt(now))
 redis.call('ZADD', KEYS[3], fmt(le), ARGV[1])
 if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'cp', ARGV[7]) end

@@ -28,7 +28,7 @@ for i = 1, #ids do
     local job = KEYS[1 + i * 2]
     local ev = KEYS[2 + i * 2]
     local f = redis.call('HMGET', job, 'st', 'lt', 'to', 'fen', 'a', 'seq', 'pg',
-      'k', 'ma', 'cp', 'lb', 'tc', 'q', 'ra', 'p', 'pn', 'p1', 'p2', 'p3', 'p4')
+      'k', 'ma', 'cp', 'lb', 'tc', 'q', 'ra', 'p', 'pn', 'p1', 'p2', 'p3', 'p4', 'ei')
     if tonumber(f[1]) == S_QUEUED then
       local fence = tonumber(f[4] or '0') + 1
       local token = fence .. '.' .. ARGV[2] .. i
@@ -36,20 +36,16 @@ for i = 1, #ids do
       local seq = tonumber(f[6] or '0') + 1
       local le = now + tonumber(f[2])
       local dl = 0
-      local set = { 'HSET', job, 'st', S_RUNNING, 'tok', token, 'w', ARGV[1], 'sa', nows,
-        'ua', nows, 'fen', fence, 'a', attempt, 'seq', seq }
       if tonumber(f[3] or '0') > 0 then
         dl = now + tonumber(f[3])
         if dl < le then le = dl end
-        set[#set + 1] = 'dl'
-        set[#set + 1] = fmt(dl)
       end
-      set[#set + 1] = 'le'
-      set[#set + 1] = fmt(le)
+      local set = { 'HSET', job, 'st', S_RUNNING, 'tok', token, 'w', ARGV[1], 'sa', nows,
+        'ua', nows, 'fen', fence, 'a', attempt, 'seq', seq, 'dl', fmt(dl), 'le', fmt(le) }
+      append_event(job, f[21], ev, ARGV[3], seq, E_STATE, S_RUNNING, now, attempt, f[7], nil, set)
       redis.call(unpack(set))
       active[#active + 1] = fmt(le)
       active[#active + 1] = id
-      append_event(ev, ARGV[3], seq, E_STATE, S_RUNNING, now, attempt, f[7])
       local waited = now - tonumber(f[14] or now)
       if waited < 0 then waited = 0 end
       out[#out + 1] = { id, token, attempt, fmt(le), fmt(dl), f[8] or '', payload_of(job, f, 15),

@@ -10,17 +10,23 @@
 -- on Redis's clock), tok lease token, fen fencing counter, w worker id,
 -- le lease expiry, dl attempt deadline, pg progress, cp checkpoint,
 -- res result, err error, cr cancel requested, crr cancel reason,
--- seq last event sequence number, is the state the job was created in.
+-- seq last event sequence number, is the state the job was created in,
+-- ei the last event kept in the record, e2, e3, ... those events.
+-- le and dl are absent or 0 when there is no lease or deadline.
 --
 -- A job's first event (seq 1: created QUEUED or SCHEDULED) is not written
 -- to its stream: it follows from the record (is, ct), so a queued job costs
--- no stream at all until its second event. The reader puts it back.
+-- no stream at all. Its next events, up to INLINE_LAST, are kept in the
+-- record too (fields e2, e3, ...), as long as each fits one listpack entry
+-- and none before went to the stream: a job that runs and finishes without
+-- much to say never gets a stream. The reader puts them back in order.
 local S_SCHEDULED, S_QUEUED, S_RUNNING = 1, 2, 3
 local S_SUCCEEDED, S_FAILED, S_CANCELLED = 4, 5, 6
 local E_STATE, E_PROGRESS, E_CANCEL = 1, 2, 3
--- Kept a while past the retention so the retention sweep, which also cleans
--- the indexes, normally deletes the record first.
-local EXPIRY_MARGIN_MS = 60000
+local INLINE_LAST = 6
+-- Redis's default hash-max-listpack-value: a longer value would turn the
+-- record into a hash table.
+local INLINE_BYTES = 64
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -36,30 +42,56 @@ local function is_terminal(st)
   return st == S_SUCCEEDED or st == S_FAILED or st == S_CANCELLED
 end
 
--- Appends the event numbered `seq` to the job's durable history and tells
--- watchers. `attempt` and `pg` are the job's attempt and progress after it;
--- `extra` is a flat list of more field/value pairs.
-local function append_event(ev, cap, seq, kind, state, now, attempt, pg, extra)
-  local args = { 'XADD', ev, 'MAXLEN', '~', cap, seq .. '-0',
-    'k', kind, 's', state, 't', fmt(now), 'a', attempt or '0' }
-  if pg then
-    args[#args + 1] = 'p'
-    args[#args + 1] = pg
-  end
+-- An event as a record field's value, or nil when it must go to the
+-- stream: 'kind,state,time,attempt,progress length,tag,' then the progress
+-- and a tail, the error (tag 'e') or the result (tag 'r').
+local function inline_value(ei, seq, kind, state, nows, attempt, pg, extra)
+  if seq > INLINE_LAST or seq ~= tonumber(ei or '1') + 1 then return nil end
+  local tag, tail = '', ''
   if extra then
-    for i = 1, #extra do args[#args + 1] = extra[i] end
+    if #extra ~= 2 then return nil end
+    tag, tail = extra[1], extra[2]
   end
-  redis.call(unpack(args))
+  pg = pg or ''
+  local head = kind .. ',' .. state .. ',' .. nows .. ',' .. (attempt or '0') .. ',' .. #pg .. ','
+    .. tag .. ','
+  if #head + #pg + #tail > INLINE_BYTES then return nil end
+  return head .. pg .. tail
+end
+
+-- Records the event numbered `seq` and tells watchers. `ei` is the job's
+-- last inline event (see the top); `attempt` and `pg` are its attempt and
+-- progress after the event; `extra` is {'e', error} or {'r', result}. An
+-- inline event's fields are appended to `set` (the caller's pending HSET
+-- arguments) when given, else written at once.
+local function append_event(job, ei, ev, cap, seq, kind, state, now, attempt, pg, extra, set)
+  local v = inline_value(ei, seq, kind, state, fmt(now), attempt, pg, extra)
+  if v and set then
+    local n = #set
+    set[n + 1], set[n + 2], set[n + 3], set[n + 4] = 'e' .. seq, v, 'ei', seq
+  elseif v then
+    redis.call('HSET', job, 'e' .. seq, v, 'ei', seq)
+  else
+    local args = { 'XADD', ev, 'MAXLEN', '~', cap, seq .. '-0',
+      'k', kind, 's', state, 't', fmt(now), 'a', attempt or '0' }
+    if pg then
+      args[#args + 1] = 'p'
+      args[#args + 1] = pg
+    end
+    if extra then
+      for i = 1, #extra do args[#args + 1] = extra[i] end
+    end
+    redis.call(unpack(args))
+  end
   -- Watchers learn of it on a channel named after the stream (not a key).
   redis.call('PUBLISH', ev, seq)
 end
 
--- Appends an event to the job's durable history with the next sequence
--- number. `extra` is a flat list of more field/value pairs.
+-- Records an event with the next sequence number (see append_event).
 local function add_event(job, ev, cap, kind, state, now, extra)
   local seq = redis.call('HINCRBY', job, 'seq', 1)
-  local f = redis.call('HMGET', job, 'a', 'pg')
-  append_event(ev, cap, seq, kind, state, now, f[1], f[2], extra)
+  local f = redis.call('HMGET', job, 'a', 'pg', 'ei')
+  append_event(job, f[3], ev, cap, seq, kind, state, now, f[1], f[2], extra)
   return seq
 end
 
@@ -87,17 +119,15 @@ local function enqueue(job, ready, seqkey, id)
   redis.call('ZADD', ready, fmt((1000 - pr) * 2199023255552 + s), id)
 end
 
--- Moves a job to a terminal state, indexes it for the retention sweep and
--- sets the safety-net expiry of its keys.
+-- Moves a job to a terminal state and indexes it for the retention sweep
+-- (which deletes its keys: they carry no expiry of their own).
 local function finish(job, ev, done, id, state, now, cap, ev_extra)
   local rt = tonumber(redis.call('HGET', job, 'rt') or '0')
   local ex = now + rt
-  redis.call('HSET', job, 'st', state, 'fa', fmt(now), 'ua', fmt(now), 'ex', fmt(ex))
-  redis.call('HDEL', job, 'le', 'dl')
+  redis.call('HSET', job, 'st', state, 'fa', fmt(now), 'ua', fmt(now), 'ex', fmt(ex),
+    'le', 0, 'dl', 0)
   redis.call('ZADD', done, fmt(ex), id)
   add_event(job, ev, cap, E_STATE, state, now, ev_extra)
-  redis.call('PEXPIRE', job, rt + EXPIRY_MARGIN_MS)
-  redis.call('PEXPIRE', ev, rt + EXPIRY_MARGIN_MS)
 end
 
 -- Ends a running attempt that failed: CANCELLED when a cancel was asked,
@@ -161,7 +191,7 @@ end
 -- Returns {'ok', state, ms the attempt ran (-1: already completed)}
 --       | {'missing'} | {'stale', state}
 local function complete_one(job, ev, active, done, id, token, result, cap, now, defer)
-  local f = redis.call('HMGET', job, 'st', 'tok', 'sa', 'rt', 'seq', 'a', 'pg')
+  local f = redis.call('HMGET', job, 'st', 'tok', 'sa', 'rt', 'seq', 'a', 'pg', 'ei')
   if not f[1] then return { 'missing' } end
   local st = tonumber(f[1])
   if st ~= S_RUNNING or f[2] ~= token then
@@ -169,14 +199,15 @@ local function complete_one(job, ev, active, done, id, token, result, cap, now, 
     return { 'stale', st }
   end
   local ran = now - tonumber(f[3] or now)
-  local rt = tonumber(f[4] or '0')
-  local ex = fmt(now + rt)
+  local ex = fmt(now + tonumber(f[4] or '0'))
   local seq = tonumber(f[5] or '0') + 1
   local nows = fmt(now)
   -- As finish() does, in fewer calls.
-  redis.call('HSET', job, 'res', result, 'st', S_SUCCEEDED, 'fa', nows, 'ua', nows, 'ex', ex,
-    'seq', seq)
-  redis.call('HDEL', job, 'le', 'dl')
+  local set = { 'HSET', job, 'res', result, 'st', S_SUCCEEDED, 'fa', nows, 'ua', nows, 'ex', ex,
+    'seq', seq, 'le', 0, 'dl', 0 }
+  append_event(job, f[8], ev, cap, seq, E_STATE, S_SUCCEEDED, now, f[6], f[7], { 'r', result },
+    set)
+  redis.call(unpack(set))
   if defer then
     defer.active[#defer.active + 1] = id
     defer.done[#defer.done + 1] = ex
@@ -185,9 +216,6 @@ local function complete_one(job, ev, active, done, id, token, result, cap, now, 
     redis.call('ZREM', active, id)
     redis.call('ZADD', done, ex, id)
   end
-  append_event(ev, cap, seq, E_STATE, S_SUCCEEDED, now, f[6], f[7], { 'r', result })
-  redis.call('PEXPIRE', job, rt + EXPIRY_MARGIN_MS)
-  redis.call('PEXPIRE', ev, rt + EXPIRY_MARGIN_MS)
   return { 'ok', S_SUCCEEDED, fmt(ran) }
 end
 

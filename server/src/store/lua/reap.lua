@@ -20,7 +20,8 @@ for i = 7, #ARGV do
       redis.call('ZREM', KEYS[1], id)
     elseif tonumber(f[2] or '0') <= now then
       local err = ARGV[3]
-      if f[3] and tonumber(f[3]) <= now then err = ARGV[4] end
+      local dl = tonumber(f[3] or '0')
+      if dl > 0 and dl <= now then err = ARGV[4] end
       redis.call('HDEL', job, 'tok')
       local k = { job = job, ev = KEYS[8 + (i - 7) * 2], active = KEYS[1], sched = KEYS[2],
         dead = KEYS[3], done = KEYS[4], ready = KEYS[5], seq = KEYS[6] }

@@ -13,6 +13,7 @@ use tonic::{Code, Streaming};
 conformance! {
     watch_started_mid_job_replays_history_then_streams_live_events;
     watch_resumed_from_every_after_seq_delivers_exactly_the_later_events;
+    short_and_long_events_resume_from_every_after_seq_with_their_contents;
     slow_reader_gets_progress_coalesced_but_every_state_change;
     stuck_reader_is_cut_off_with_the_seq_to_resume_from;
     resume_point_older_than_the_kept_history_is_out_of_range;
@@ -50,14 +51,24 @@ fn seqs(events: &[JobEvent]) -> Vec<u64> {
 }
 
 async fn report(srv: &TestServer, leased: &LeasedJob, percent: f64) {
+    // Big enough that the reader's window holds few of them.
+    report_with(
+        srv,
+        leased,
+        percent,
+        &format!("at {percent} {}", "-".repeat(400)),
+    )
+    .await;
+}
+
+async fn report_with(srv: &TestServer, leased: &LeasedJob, percent: f64, message: &str) {
     srv.worker()
         .heartbeat(HeartbeatRequest {
             progress: Some(Progress {
                 percent,
                 current: 0,
                 total: 0,
-                // Big enough that the reader's window holds few of them.
-                message: format!("at {percent} {}", "-".repeat(400)),
+                message: message.to_owned(),
             }),
             ..heartbeat_request(leased)
         })
@@ -157,6 +168,195 @@ async fn watch_resumed_from_every_after_seq_delivers_exactly_the_later_events(ba
     // Past the end: nothing is left to deliver, and the stream still ends.
     let beyond = read_to_end(open(&srv, &id, last + 5).await).await;
     assert!(beyond.is_empty(), "{beyond:?}");
+}
+
+/// Short events and long ones, interleaved (the Redis store keeps a job's
+/// first short events in its record and the rest in a stream): every resume
+/// point still gives exactly the later events, with their progress, errors
+/// and results intact. A plain job's whole history is short.
+async fn short_and_long_events_resume_from_every_after_seq_with_their_contents(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
+    let mixed = submit(
+        &srv.job,
+        jobctl_proto::v1::SubmitRequest {
+            max_attempts: 2,
+            retry: Some(backoff(Duration::ZERO, Duration::ZERO, 1.0)),
+            ..submit_request("mixed", "k", "x")
+        },
+    )
+    .await;
+    let first = lease_one(&srv.worker, "mixed").await;
+    report_with(&srv, &first, 10.0, "a").await;
+    srv.worker()
+        .fail(fail_request(&first, "flaky", true))
+        .await
+        .expect("fail");
+    let second = lease_one(&srv.worker, "mixed").await;
+    report_with(&srv, &second, 60.0, "b").await;
+    report(&srv, &second, 70.0).await;
+    report_with(&srv, &second, 80.0, "c").await;
+    complete(&srv.worker, &second, b"done").await;
+
+    let plain = submit(&srv.job, submit_request("plain", "k", "x")).await;
+    let leased = lease_one(&srv.worker, "plain").await;
+    complete(&srv.worker, &leased, b"ok").await;
+
+    let describe = |e: &JobEvent| {
+        (
+            e.seq,
+            e.kind(),
+            e.state(),
+            e.attempt,
+            e.progress.as_ref().map(|p| (p.percent, p.message.len())),
+            e.error.as_ref().map(|e| e.message.clone()),
+            String::from_utf8_lossy(&e.result).into_owned(),
+        )
+    };
+    for (id, want) in [
+        (
+            &mixed,
+            vec![
+                (
+                    1,
+                    EventKind::StateChanged,
+                    JobState::Queued,
+                    0,
+                    None,
+                    None,
+                    "",
+                ),
+                (
+                    2,
+                    EventKind::StateChanged,
+                    JobState::Running,
+                    1,
+                    None,
+                    None,
+                    "",
+                ),
+                (
+                    3,
+                    EventKind::Progress,
+                    JobState::Running,
+                    1,
+                    Some((10.0, 1)),
+                    None,
+                    "",
+                ),
+                (
+                    4,
+                    EventKind::StateChanged,
+                    JobState::Queued,
+                    1,
+                    Some((10.0, 1)),
+                    Some("flaky"),
+                    "",
+                ),
+                (
+                    5,
+                    EventKind::StateChanged,
+                    JobState::Running,
+                    2,
+                    Some((10.0, 1)),
+                    None,
+                    "",
+                ),
+                (
+                    6,
+                    EventKind::Progress,
+                    JobState::Running,
+                    2,
+                    Some((60.0, 1)),
+                    None,
+                    "",
+                ),
+                (
+                    7,
+                    EventKind::Progress,
+                    JobState::Running,
+                    2,
+                    Some((70.0, 406)),
+                    None,
+                    "",
+                ),
+                (
+                    8,
+                    EventKind::Progress,
+                    JobState::Running,
+                    2,
+                    Some((80.0, 1)),
+                    None,
+                    "",
+                ),
+                (
+                    9,
+                    EventKind::StateChanged,
+                    JobState::Succeeded,
+                    2,
+                    Some((80.0, 1)),
+                    None,
+                    "done",
+                ),
+            ],
+        ),
+        (
+            &plain,
+            vec![
+                (
+                    1,
+                    EventKind::StateChanged,
+                    JobState::Queued,
+                    0,
+                    None,
+                    None,
+                    "",
+                ),
+                (
+                    2,
+                    EventKind::StateChanged,
+                    JobState::Running,
+                    1,
+                    None,
+                    None,
+                    "",
+                ),
+                (
+                    3,
+                    EventKind::StateChanged,
+                    JobState::Succeeded,
+                    1,
+                    None,
+                    None,
+                    "ok",
+                ),
+            ],
+        ),
+    ] {
+        let want: Vec<_> = want
+            .into_iter()
+            .map(|(seq, kind, state, attempt, pg, err, res)| {
+                (
+                    seq,
+                    kind,
+                    state,
+                    attempt,
+                    pg,
+                    err.map(str::to_owned),
+                    res.to_owned(),
+                )
+            })
+            .collect();
+        let history = read_to_end(open(&srv, id, 0).await).await;
+        assert_eq!(
+            history.iter().map(describe).collect::<Vec<_>>(),
+            want,
+            "{id}"
+        );
+        for k in 0..=history.len() {
+            let events = read_to_end(open(&srv, id, k as u64).await).await;
+            assert_eq!(events, history[k..], "{id} after_seq={k}");
+        }
+    }
 }
 
 /// A reader that does not read while hundreds of progress updates and several
