@@ -222,13 +222,10 @@ fn number<T: std::str::FromStr + Default>(bytes: &[u8]) -> T {
         .unwrap_or_default()
 }
 
-/// The fields of the events kept in a job's record (e2 ... e6, see
-/// prelude.lua's INLINE_LAST).
-pub const INLINE_FIELDS: [&str; 5] = ["e2", "e3", "e4", "e5", "e6"];
-
-/// The events kept in a job's record, from HMGET st ct is ei e2 ... e6:
-/// the first (created, from `is` and `ct`) and the inline ones up to `ei`.
-/// None when the job does not exist.
+/// The events kept in a job's record (see prelude.lua), from its fields
+/// st, ct, is, ei, e2 ... e6 as events.lua reads them: the first (created,
+/// from `is` and `ct`) and the inline ones up to `ei`. None when the job
+/// does not exist.
 pub fn record_events(
     fields: &[Option<Vec<u8>>],
     job_id: &str,

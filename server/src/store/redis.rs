@@ -344,25 +344,14 @@ impl Store for RedisStore {
         limit: usize,
     ) -> Result<Vec<v1::JobEvent>> {
         let qk = self.keys.queue(ns, id.queue());
-        let ev = qk.events(id);
-        let (record, first, entries): (Vec<Option<Vec<u8>>>, Value, Value) = redis::pipe()
-            .cmd("HMGET")
-            .arg(qk.job(id))
-            .arg(&["st", "ct", "is", "ei"])
-            .arg(&codec::INLINE_FIELDS[..])
-            .cmd("XRANGE")
-            .arg(&ev)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1)
-            .cmd("XRANGE")
-            .arg(&ev)
+        let (record, first, entries): (Vec<Option<Vec<u8>>>, Value, Value) = self
+            .scripts
+            .events
+            .key(qk.job(id))
+            .key(qk.events(id))
             .arg(format!("({after}-0"))
-            .arg("+")
-            .arg("COUNT")
             .arg(limit)
-            .query_async(&mut self.conn())
+            .invoke_async(&mut self.conn())
             .await?;
         let job_id = id.to_string();
         let Some(in_record) = codec::record_events(&record, &job_id)? else {

@@ -26,6 +26,7 @@ pub struct Scripts {
     pub promote: Script,
     pub requeue: Script,
     pub expire: Script,
+    pub events: Script,
 }
 
 impl Scripts {
@@ -44,6 +45,7 @@ impl Scripts {
             promote: script!("promote.lua"),
             requeue: script!("requeue.lua"),
             expire: script!("expire.lua"),
+            events: script!("events.lua"),
         }
     }
 }

@@ -28,7 +28,8 @@ for i = 1, #ids do
     local job = KEYS[1 + i * 2]
     local ev = KEYS[2 + i * 2]
     local f = redis.call('HMGET', job, 'st', 'lt', 'to', 'fen', 'a', 'seq', 'pg',
-      'k', 'ma', 'cp', 'lb', 'tc', 'q', 'ra', 'p', 'pn', 'p1', 'p2', 'p3', 'p4', 'ei')
+      'k', 'ma', 'cp', 'lb', 'tc', 'q', 'ra', 'p', 'pn', 'p1', 'p2', 'p3', 'p4', 'ei',
+      'wt')
     if tonumber(f[1]) == S_QUEUED then
       local fence = tonumber(f[4] or '0') + 1
       local token = fence .. '.' .. ARGV[2] .. i
@@ -42,7 +43,8 @@ for i = 1, #ids do
       end
       local set = { 'HSET', job, 'st', S_RUNNING, 'tok', token, 'w', ARGV[1], 'sa', nows,
         'ua', nows, 'fen', fence, 'a', attempt, 'seq', seq, 'dl', fmt(dl), 'le', fmt(le) }
-      append_event(job, f[21], ev, ARGV[3], seq, E_STATE, S_RUNNING, now, attempt, f[7], nil, set)
+      append_event(job, f[21], f[22], ev, ARGV[3], seq, E_STATE, S_RUNNING, now, attempt, f[7],
+        nil, set)
       redis.call(unpack(set))
       active[#active + 1] = fmt(le)
       active[#active + 1] = id

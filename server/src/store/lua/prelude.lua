@@ -11,7 +11,8 @@
 -- le lease expiry, dl attempt deadline, pg progress, cp checkpoint,
 -- res result, err error, cr cancel requested, crr cancel reason,
 -- seq last event sequence number, is the state the job was created in,
--- ei the last event kept in the record, e2, e3, ... those events.
+-- ei the last event kept in the record, e2, e3, ... those events, wt 1 once
+-- someone watches the job (its events are published only then).
 -- le and dl are absent or 0 when there is no lease or deadline.
 --
 -- A job's first event (seq 1: created QUEUED or SCHEDULED) is not written
@@ -59,12 +60,13 @@ local function inline_value(ei, seq, kind, state, nows, attempt, pg, extra)
   return head .. pg .. tail
 end
 
--- Records the event numbered `seq` and tells watchers. `ei` is the job's
--- last inline event (see the top); `attempt` and `pg` are its attempt and
--- progress after the event; `extra` is {'e', error} or {'r', result}. An
--- inline event's fields are appended to `set` (the caller's pending HSET
--- arguments) when given, else written at once.
-local function append_event(job, ei, ev, cap, seq, kind, state, now, attempt, pg, extra, set)
+-- Records the event numbered `seq` and tells watchers, if the job has any
+-- (`wt`, see the top). `ei` is the job's last inline event; `attempt` and
+-- `pg` are its attempt and progress after the event; `extra` is
+-- {'e', error} or {'r', result}. An inline event's fields are appended to
+-- `set` (the caller's pending HSET arguments) when given, else written at
+-- once.
+local function append_event(job, ei, wt, ev, cap, seq, kind, state, now, attempt, pg, extra, set)
   local v = inline_value(ei, seq, kind, state, fmt(now), attempt, pg, extra)
   if v and set then
     local n = #set
@@ -84,14 +86,14 @@ local function append_event(job, ei, ev, cap, seq, kind, state, now, attempt, pg
     redis.call(unpack(args))
   end
   -- Watchers learn of it on a channel named after the stream (not a key).
-  redis.call('PUBLISH', ev, seq)
+  if wt then redis.call('PUBLISH', ev, seq) end
 end
 
 -- Records an event with the next sequence number (see append_event).
 local function add_event(job, ev, cap, kind, state, now, extra)
   local seq = redis.call('HINCRBY', job, 'seq', 1)
-  local f = redis.call('HMGET', job, 'a', 'pg', 'ei')
-  append_event(job, f[3], ev, cap, seq, kind, state, now, f[1], f[2], extra)
+  local f = redis.call('HMGET', job, 'a', 'pg', 'ei', 'wt')
+  append_event(job, f[3], f[4], ev, cap, seq, kind, state, now, f[1], f[2], extra)
   return seq
 end
 
@@ -191,7 +193,7 @@ end
 -- Returns {'ok', state, ms the attempt ran (-1: already completed)}
 --       | {'missing'} | {'stale', state}
 local function complete_one(job, ev, active, done, id, token, result, cap, now, defer)
-  local f = redis.call('HMGET', job, 'st', 'tok', 'sa', 'rt', 'seq', 'a', 'pg', 'ei')
+  local f = redis.call('HMGET', job, 'st', 'tok', 'sa', 'rt', 'seq', 'a', 'pg', 'ei', 'wt')
   if not f[1] then return { 'missing' } end
   local st = tonumber(f[1])
   if st ~= S_RUNNING or f[2] ~= token then
@@ -205,8 +207,8 @@ local function complete_one(job, ev, active, done, id, token, result, cap, now, 
   -- As finish() does, in fewer calls.
   local set = { 'HSET', job, 'res', result, 'st', S_SUCCEEDED, 'fa', nows, 'ua', nows, 'ex', ex,
     'seq', seq, 'le', 0, 'dl', 0 }
-  append_event(job, f[8], ev, cap, seq, E_STATE, S_SUCCEEDED, now, f[6], f[7], { 'r', result },
-    set)
+  append_event(job, f[8], f[9], ev, cap, seq, E_STATE, S_SUCCEEDED, now, f[6], f[7],
+    { 'r', result }, set)
   redis.call(unpack(set))
   if defer then
     defer.active[#defer.active + 1] = id
