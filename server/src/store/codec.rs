@@ -12,6 +12,8 @@ use prost::Message;
 use redis::Value;
 
 use crate::error::{Error, Result};
+use crate::keys::JobId;
+use crate::model::NewJob;
 
 /// A string map as protobuf bytes.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -56,6 +58,73 @@ pub const PAYLOAD_FIELDS: [&str; PAYLOAD_CHUNKS] = [
     "p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10", "p11", "p12", "p13", "p14", "p15",
     "p16",
 ];
+
+/// The options a job keeps for life, in its record's field `o` as
+/// `pr,ma,lt,to,rt,bi,bm,bx,bj` (see prelude.lua's `options`): one field
+/// instead of nine keeps the record small and each script's lookups short.
+#[derive(Debug, Default, PartialEq)]
+pub struct Options {
+    pub priority: i32,
+    pub max_attempts: u32,
+    pub lease_ttl_ms: u64,
+    pub timeout_ms: u64,
+    pub retention_ms: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    pub backoff_multiplier: f64,
+    pub backoff_jitter: f64,
+}
+
+impl Options {
+    pub fn of(job: &NewJob) -> Self {
+        Options {
+            priority: job.priority,
+            max_attempts: job.max_attempts,
+            lease_ttl_ms: job.lease_ttl_ms,
+            timeout_ms: job.timeout_ms,
+            retention_ms: job.retention_ms,
+            backoff_initial_ms: job.backoff.initial_ms,
+            backoff_max_ms: job.backoff.max_ms,
+            backoff_multiplier: job.backoff.multiplier,
+            backoff_jitter: job.backoff.jitter,
+        }
+    }
+
+    /// Reads the field; missing or malformed parts are 0.
+    pub fn parse(bytes: &[u8]) -> Self {
+        let mut parts = bytes.split(|b| *b == b',');
+        let mut next = || parts.next().unwrap_or_default();
+        Options {
+            priority: number(next()),
+            max_attempts: number(next()),
+            lease_ttl_ms: number(next()),
+            timeout_ms: number(next()),
+            retention_ms: number(next()),
+            backoff_initial_ms: number(next()),
+            backoff_max_ms: number(next()),
+            backoff_multiplier: number(next()),
+            backoff_jitter: number(next()),
+        }
+    }
+}
+
+impl std::fmt::Display for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{},{},{},{},{},{},{},{},{}",
+            self.priority,
+            self.max_attempts,
+            self.lease_ttl_ms,
+            self.timeout_ms,
+            self.retention_ms,
+            self.backoff_initial_ms,
+            self.backoff_max_ms,
+            self.backoff_multiplier,
+            self.backoff_jitter
+        )
+    }
+}
 
 /// A job record as read with HGETALL.
 pub struct Record(HashMap<String, Vec<u8>>);
@@ -108,16 +177,24 @@ impl Record {
             Some(b) => decode_map(b)?,
             None => HashMap::new(),
         };
-        let timeout_ms: u64 = self.num("to");
+        let o = Options::parse(self.bytes("o").unwrap_or_default());
+        let created: u64 = self.num("ct");
+        // ua and ra are written only once they differ from ct (prelude.lua).
+        let or_created = |f: &str| match self.num(f) {
+            0 => created,
+            ms => ms,
+        };
         Ok(v1::Job {
+            queue: JobId::parse(&id)
+                .map(|id| id.queue().to_owned())
+                .unwrap_or_default(),
             id,
-            queue: self.string("q"),
             kind: self.string("k"),
             state: self.num("st"),
             payload: self.payload(),
-            priority: self.num("pr"),
+            priority: o.priority,
             attempt: self.num("a"),
-            max_attempts: self.num("ma"),
+            max_attempts: o.max_attempts,
             progress,
             result: self.bytes("res").map(<[u8]>::to_vec).unwrap_or_default(),
             error,
@@ -125,25 +202,25 @@ impl Record {
             cancel_reason: self.string("crr"),
             labels,
             retry: Some(v1::RetryPolicy {
-                initial_backoff: duration(self.num("bi")),
-                max_backoff: duration(self.num("bm")),
-                multiplier: self.num("bx"),
-                jitter: self.num("bj"),
+                initial_backoff: duration(o.backoff_initial_ms),
+                max_backoff: duration(o.backoff_max_ms),
+                multiplier: o.backoff_multiplier,
+                jitter: o.backoff_jitter,
             }),
-            lease_ttl: duration(self.num("lt")),
-            timeout: (timeout_ms > 0).then(|| duration(timeout_ms)).flatten(),
+            lease_ttl: duration(o.lease_ttl_ms),
+            timeout: (o.timeout_ms > 0).then(|| duration(o.timeout_ms)).flatten(),
             idempotency_key: self.string("ik"),
             worker_id: self.string("w"),
             last_seq: self.num("seq"),
             checkpoint: self.bytes("cp").map(<[u8]>::to_vec),
-            created_at: timestamp(self.num("ct")),
-            run_at: timestamp(self.num("ra")),
+            created_at: timestamp(created),
+            run_at: timestamp(or_created("ra")),
             started_at: timestamp(self.num("sa")),
             finished_at: timestamp(self.num("fa")),
-            updated_at: timestamp(self.num("ua")),
+            updated_at: timestamp(or_created("ua")),
             lease_expires_at: timestamp(self.num("le")),
             expires_at: timestamp(self.num("ex")),
-            retention: duration(self.num("rt")),
+            retention: duration(o.retention_ms),
         })
     }
 }
@@ -201,7 +278,9 @@ impl<'a> Reply<'a> {
             labels: decode_map(self.bytes(9).unwrap_or_default())?,
             trace_context: decode_map(self.bytes(10).unwrap_or_default())?,
             lease_ttl: duration(u64::try_from(self.int(11)).unwrap_or_default()),
-            queue: self.str(12).to_owned(),
+            queue: JobId::parse(self.str(0))
+                .map(|id| id.queue().to_owned())
+                .unwrap_or_default(),
         })
     }
 }
@@ -234,27 +313,22 @@ pub fn record_events(
     if field(0).is_none() {
         return Ok(None);
     }
-    let mut events = Vec::new();
-    // Records written before the first event moved into them have no `is`.
-    if let Some(initial) = field(2) {
-        events.push(v1::JobEvent {
-            seq: 1,
-            job_id: job_id.to_owned(),
-            kind: v1::EventKind::StateChanged.into(),
-            state: number(initial),
-            time: timestamp(number(field(1).unwrap_or_default())),
-            ..Default::default()
-        });
-        let last: u64 = number(field(3).unwrap_or_default());
-        for seq in 2..=last {
-            let value = usize::try_from(seq + 2)
-                .ok()
-                .and_then(field)
-                .ok_or_else(|| {
-                    Error::Corrupt(format!("job {job_id}: inline event {seq} missing"))
-                })?;
-            events.push(inline_event(value, seq, job_id)?);
-        }
+    let mut events = vec![v1::JobEvent {
+        seq: 1,
+        job_id: job_id.to_owned(),
+        kind: v1::EventKind::StateChanged.into(),
+        // `is` is written only for a job created SCHEDULED.
+        state: field(2).map_or(v1::JobState::Queued.into(), number),
+        time: timestamp(number(field(1).unwrap_or_default())),
+        ..Default::default()
+    }];
+    let last: u64 = number(field(3).unwrap_or_default());
+    for seq in 2..=last {
+        let value = usize::try_from(seq + 2)
+            .ok()
+            .and_then(field)
+            .ok_or_else(|| Error::Corrupt(format!("job {job_id}: inline event {seq} missing")))?;
+        events.push(inline_event(value, seq, job_id)?);
     }
     Ok(Some(events))
 }
@@ -331,4 +405,48 @@ pub fn stream_events(reply: &Value, job_id: &str) -> Result<Vec<v1::JobEvent>> {
         events.push(event);
     }
     Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_survive_their_field() {
+        let options = Options {
+            priority: -7,
+            max_attempts: 25,
+            lease_ttl_ms: 30_000,
+            timeout_ms: 0,
+            retention_ms: 86_400_000,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 600_000,
+            backoff_multiplier: 1.5,
+            backoff_jitter: 0.1,
+        };
+        let field = options.to_string();
+        assert_eq!(field, "-7,25,30000,0,86400000,1000,600000,1.5,0.1");
+        assert_eq!(Options::parse(field.as_bytes()), options);
+        assert_eq!(Options::parse(b"garbage"), Options::default());
+    }
+
+    #[test]
+    fn inline_events_keep_binary_progress_and_tails() {
+        let progress = v1::Progress {
+            percent: 12.5,
+            message: "a,b".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let mut value = format!("2,3,1764512345678,2,{},r,", progress.len()).into_bytes();
+        value.extend_from_slice(&progress);
+        value.extend_from_slice(b"res,ult");
+        let event = inline_event(&value, 4, "q:id").expect("decodes");
+        assert_eq!(event.seq, 4);
+        assert_eq!(event.state, 3);
+        assert_eq!(event.attempt, 2);
+        assert_eq!(event.progress.expect("progress").message, "a,b");
+        assert_eq!(event.result, b"res,ult");
+        assert!(inline_event(b"2,3,1,2,99,,x", 4, "q:id").is_err());
+    }
 }

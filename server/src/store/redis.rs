@@ -608,7 +608,7 @@ impl Store for RedisStore {
                     let reply = Reply::of(e)?;
                     Ok(Leased {
                         job: reply.leased_job()?,
-                        queue_wait: reply.millis(13),
+                        queue_wait: reply.millis(12),
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -915,20 +915,13 @@ impl Store for RedisStore {
 
 /// The job hash's initial fields (see prelude.lua), as name/value pairs.
 fn job_fields(job: &NewJob) -> Vec<(&'static str, Cow<'_, [u8]>)> {
-    let b = &job.backoff;
     let num = |n: &dyn ToString| Cow::Owned(n.to_string().into_bytes());
     let mut fields = vec![
-        ("q", Cow::Borrowed(job.queue().as_bytes())),
         ("k", Cow::Borrowed(job.kind.as_bytes())),
-        ("pr", num(&job.priority)),
-        ("ma", num(&job.max_attempts)),
-        ("bi", num(&b.initial_ms)),
-        ("bm", num(&b.max_ms)),
-        ("bx", num(&b.multiplier)),
-        ("bj", num(&b.jitter)),
-        ("lt", num(&job.lease_ttl_ms)),
-        ("to", num(&job.timeout_ms)),
-        ("rt", num(&job.retention_ms)),
+        (
+            "o",
+            Cow::Owned(codec::Options::of(job).to_string().into_bytes()),
+        ),
     ];
     // A payload over Redis's hash-max-listpack-value (64 bytes by default)
     // would turn the whole record into a hash table, several times larger

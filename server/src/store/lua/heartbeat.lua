@@ -8,8 +8,9 @@
 local refused = check_lease(KEYS[1], ARGV[2])
 if refused then return refused end
 local now = now_ms()
-local f = redis.call('HMGET', KEYS[1], 'lt', 'dl', 'cr', 'crr')
-local le = now + tonumber(f[1])
+local f = redis.call('HMGET', KEYS[1], 'o', 'dl', 'cr', 'crr')
+local _, _, lt = options(f[1])
+local le = now + lt
 local dl = tonumber(f[2] or '0')
 if dl > 0 and dl < le then le = dl end
 redis.call('HSET', KEYS[1], 'le', fmt(le), 'ua', fmt(now))

@@ -6,7 +6,7 @@
 -- ARGV[4..] candidate job ids, in the order of KEYS
 -- Returns one entry per claimed job: {id, token, attempt, lease expires ms,
 -- deadline ms (0: none), kind, payload, max attempts, checkpoint or nil,
--- labels, trace context, lease ttl ms, queue, ms it waited ready}
+-- labels, trace context, lease ttl ms, ms it waited ready}
 local now = now_ms()
 local nows = fmt(now)
 local ids = {}
@@ -27,32 +27,32 @@ for i = 1, #ids do
     local id = ids[i]
     local job = KEYS[1 + i * 2]
     local ev = KEYS[2 + i * 2]
-    local f = redis.call('HMGET', job, 'st', 'lt', 'to', 'fen', 'a', 'seq', 'pg',
-      'k', 'ma', 'cp', 'lb', 'tc', 'q', 'ra', 'p', 'pn', 'p1', 'p2', 'p3', 'p4', 'ei',
-      'wt')
+    local f = redis.call('HMGET', job, 'st', 'o', 'fen', 'a', 'seq', 'pg', 'k', 'cp', 'lb', 'tc',
+      'ra', 'ct', 'p', 'pn', 'p1', 'p2', 'p3', 'p4', 'ei', 'wt')
     if tonumber(f[1]) == S_QUEUED then
-      local fence = tonumber(f[4] or '0') + 1
+      local _, ma, lt, to = options(f[2])
+      local fence = tonumber(f[3] or '0') + 1
       local token = fence .. '.' .. ARGV[2] .. i
-      local attempt = tonumber(f[5] or '0') + 1
-      local seq = tonumber(f[6] or '0') + 1
-      local le = now + tonumber(f[2])
+      local attempt = tonumber(f[4] or '0') + 1
+      local seq = tonumber(f[5] or '0') + 1
+      local le = now + lt
       local dl = 0
-      if tonumber(f[3] or '0') > 0 then
-        dl = now + tonumber(f[3])
+      if to > 0 then
+        dl = now + to
         if dl < le then le = dl end
       end
+      local les = fmt(le)
       local set = { 'HSET', job, 'st', S_RUNNING, 'tok', token, 'w', ARGV[1], 'sa', nows,
-        'ua', nows, 'fen', fence, 'a', attempt, 'seq', seq, 'dl', fmt(dl), 'le', fmt(le) }
-      append_event(job, f[21], f[22], ev, ARGV[3], seq, E_STATE, S_RUNNING, now, attempt, f[7],
+        'ua', nows, 'fen', fence, 'a', attempt, 'seq', seq, 'dl', fmt(dl), 'le', les }
+      append_event(job, f[19], f[20], ev, ARGV[3], seq, E_STATE, S_RUNNING, now, attempt, f[6],
         nil, set)
       redis.call(unpack(set))
-      active[#active + 1] = fmt(le)
+      active[#active + 1] = les
       active[#active + 1] = id
-      local waited = now - tonumber(f[14] or now)
+      local waited = now - tonumber(f[11] or f[12] or now)
       if waited < 0 then waited = 0 end
-      out[#out + 1] = { id, token, attempt, fmt(le), fmt(dl), f[8] or '', payload_of(job, f, 15),
-        f[9] or '1', f[10] or false, f[11] or '', f[12] or '', f[2] or '0', f[13] or '',
-        fmt(waited) }
+      out[#out + 1] = { id, token, attempt, les, fmt(dl), f[7] or '', payload_of(job, f, 13),
+        ma, f[8] or false, f[9] or '', f[10] or '', lt, fmt(waited) }
     end
   end
 end

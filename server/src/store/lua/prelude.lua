@@ -1,19 +1,21 @@
 -- Prelude prepended to every jobctl script: constants and helpers only.
 -- Nothing here builds a key name: every key a script touches arrives in KEYS.
 --
--- Job hash fields: q queue, k kind, p payload (or pn pieces of at most 64
--- bytes in p1, p2, ...: so the record stays a compact listpack), pr priority, st state,
--- a attempt, ma max attempts, bi/bm/bx/bj backoff initial ms / max ms /
--- multiplier / jitter, lt lease ttl ms, to timeout ms (0: none), rt retention
--- ms, ik idempotency key, lb labels, tc trace context, ct created, ra run at,
--- sa started, fa finished, ua updated, ex expires at (all ms since the epoch
--- on Redis's clock), tok lease token, fen fencing counter, w worker id,
+-- Job hash fields: k kind, p payload (or pn pieces of at most 64
+-- bytes in p1, p2, ...: so the record stays a compact listpack), o the
+-- options that never change (see options()), st state,
+-- a attempt, ik idempotency key, lb labels, tc trace context, ct created, ra
+-- run at, sa started, fa finished, ua updated, ex expires at (all ms since
+-- the epoch on Redis's clock), tok lease token, fen fencing counter, w worker id,
 -- le lease expiry, dl attempt deadline, pg progress, cp checkpoint,
 -- res result, err error, cr cancel requested, crr cancel reason,
--- seq last event sequence number, is the state the job was created in,
+-- seq last event sequence number, is the state the job was created in
+-- (absent: QUEUED),
 -- ei the last event kept in the record, e2, e3, ... those events, wt 1 once
 -- someone watches the job (its events are published only then).
--- le and dl are absent or 0 when there is no lease or deadline.
+-- le and dl are absent or 0 when there is no lease or deadline; a and fen
+-- absent are 0; ua and ra absent are ct. A new job is written with as few
+-- fields as possible: every field costs memory and a lookup in each script.
 --
 -- A job's first event (seq 1: created QUEUED or SCHEDULED) is not written
 -- to its stream: it follows from the record (is, ct), so a queued job costs
@@ -37,6 +39,16 @@ end
 -- Integers as plain digits (tostring would give 1.7e+12).
 local function fmt(n)
   return string.format('%.0f', n)
+end
+
+-- A job's options from its field o, 'pr,ma,lt,to,rt,bi,bm,bx,bj': priority,
+-- max attempts, lease ttl ms, timeout ms (0: none), retention ms, backoff
+-- initial ms, max ms, multiplier and jitter. As numbers, in that order.
+local function options(o)
+  local pr, ma, lt, to, rt, bi, bm, bx, bj = string.match(o or '',
+    '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*)$')
+  return tonumber(pr) or 0, tonumber(ma) or 1, tonumber(lt) or 0, tonumber(to) or 0,
+    tonumber(rt) or 0, tonumber(bi) or 0, tonumber(bm) or 0, tonumber(bx) or 1, tonumber(bj) or 0
 end
 
 local function is_terminal(st)
@@ -116,7 +128,7 @@ end
 
 -- Ready set score: higher priority first, FIFO within one priority.
 local function enqueue(job, ready, seqkey, id)
-  local pr = tonumber(redis.call('HGET', job, 'pr') or '0')
+  local pr = options(redis.call('HGET', job, 'o'))
   local s = redis.call('INCR', seqkey)
   redis.call('ZADD', ready, fmt((1000 - pr) * 2199023255552 + s), id)
 end
@@ -124,7 +136,7 @@ end
 -- Moves a job to a terminal state and indexes it for the retention sweep
 -- (which deletes its keys: they carry no expiry of their own).
 local function finish(job, ev, done, id, state, now, cap, ev_extra)
-  local rt = tonumber(redis.call('HGET', job, 'rt') or '0')
+  local _, _, _, _, rt = options(redis.call('HGET', job, 'o'))
   local ex = now + rt
   redis.call('HSET', job, 'st', state, 'fa', fmt(now), 'ua', fmt(now), 'ex', fmt(ex),
     'le', 0, 'dl', 0)
@@ -144,15 +156,15 @@ local function fail_attempt(k, id, err, retryable, retry_after, rnd, cap, now, c
     finish(k.job, k.ev, k.done, id, S_CANCELLED, now, cap, { 'e', err })
     return { S_CANCELLED, 0 }
   end
-  local f = redis.call('HMGET', k.job, 'a', 'ma', 'bi', 'bm', 'bx', 'bj')
-  local a, ma = tonumber(f[1]), tonumber(f[2])
+  local f = redis.call('HMGET', k.job, 'a', 'o')
+  local a = tonumber(f[1] or '0')
+  local _, ma, _, _, _, bi, bm, bx, bj = options(f[2])
   if retryable and a < ma then
     local delay = retry_after
     if delay < 0 then
-      local d = tonumber(f[3]) * (tonumber(f[5]) ^ (a - 1))
-      local mx = tonumber(f[4])
-      if d > mx then d = mx end
-      d = d * (1 + tonumber(f[6]) * (2 * rnd - 1))
+      local d = bi * (bx ^ (a - 1))
+      if d > bm then d = bm end
+      d = d * (1 + bj * (2 * rnd - 1))
       if d < 0 then d = 0 end
       delay = math.floor(d)
     end
@@ -193,7 +205,7 @@ end
 -- Returns {'ok', state, ms the attempt ran (-1: already completed)}
 --       | {'missing'} | {'stale', state}
 local function complete_one(job, ev, active, done, id, token, result, cap, now, defer)
-  local f = redis.call('HMGET', job, 'st', 'tok', 'sa', 'rt', 'seq', 'a', 'pg', 'ei', 'wt')
+  local f = redis.call('HMGET', job, 'st', 'tok', 'sa', 'o', 'seq', 'a', 'pg', 'ei', 'wt')
   if not f[1] then return { 'missing' } end
   local st = tonumber(f[1])
   if st ~= S_RUNNING or f[2] ~= token then
@@ -201,7 +213,8 @@ local function complete_one(job, ev, active, done, id, token, result, cap, now, 
     return { 'stale', st }
   end
   local ran = now - tonumber(f[3] or now)
-  local ex = fmt(now + tonumber(f[4] or '0'))
+  local _, _, _, _, rt = options(f[4])
+  local ex = fmt(now + rt)
   local seq = tonumber(f[5] or '0') + 1
   local nows = fmt(now)
   -- As finish() does, in fewer calls.
@@ -225,10 +238,12 @@ end
 -- field/value list), QUEUED in the ready set or SCHEDULED. Its first event
 -- (seq 1) is the record itself (is, ct), not a stream entry, and nobody can
 -- be watching a job that did not exist yet. run_at_arg / delay_arg as
--- submit's ARGV (0: none); pr its priority. With `defer` (a batch), its
--- place in the ready or sched set is added to defer.ready ({id, pr}) or
--- defer.sched (score, id) for one call each. Returns its state.
-local function create_job(job, ready, sched, seqkey, id, run_at_arg, delay_arg, fields, now, pr, defer)
+-- submit's ARGV (0: none); pr its priority; nows is fmt(now). With `defer`
+-- (a batch), its place in the ready or sched set is added to defer.ready
+-- ({id, pr}) or defer.sched (score, id) for one call each. Returns its
+-- state.
+local function create_job(job, ready, sched, seqkey, id, run_at_arg, delay_arg, fields, now, nows,
+                          pr, defer)
   local run_at = now
   if tonumber(run_at_arg) > 0 then
     run_at = tonumber(run_at_arg)
@@ -240,14 +255,11 @@ local function create_job(job, ready, sched, seqkey, id, run_at_arg, delay_arg, 
   local args = { 'HSET', job }
   for i = 1, #fields do args[#args + 1] = fields[i] end
   local n = #args
-  args[n + 1], args[n + 2] = 'st', state
-  args[n + 3], args[n + 4] = 'a', 0
-  args[n + 5], args[n + 6] = 'seq', 1
-  args[n + 7], args[n + 8] = 'fen', 0
-  args[n + 9], args[n + 10] = 'ct', fmt(now)
-  args[n + 11], args[n + 12] = 'ua', fmt(now)
-  args[n + 13], args[n + 14] = 'ra', fmt(run_at)
-  args[n + 15], args[n + 16] = 'is', state
+  args[n + 1], args[n + 2], args[n + 3], args[n + 4], args[n + 5], args[n + 6] =
+    'st', state, 'seq', '1', 'ct', nows
+  if state == S_SCHEDULED then
+    args[n + 7], args[n + 8], args[n + 9], args[n + 10] = 'ra', fmt(run_at), 'is', state
+  end
   redis.call(unpack(args))
   if state == S_SCHEDULED then
     if defer then

@@ -22,10 +22,11 @@ local fields = {}
 for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
 local pr = 0
 for i = 1, #fields, 2 do
-  if fields[i] == 'pr' then pr = tonumber(fields[i + 1]) end
+  if fields[i] == 'o' then pr = options(fields[i + 1]) end
 end
+local now = now_ms()
 local state = create_job(KEYS[1], KEYS[3], KEYS[4], KEYS[5], id, ARGV[5], ARGV[6], fields,
-  now_ms(), pr)
+  now, fmt(now), pr)
 if ARGV[2] == '1' then
   redis.call('HSET', KEYS[6], 'id', id, 'h', ARGV[3])
   redis.call('PEXPIRE', KEYS[6], ARGV[4])

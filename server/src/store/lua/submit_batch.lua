@@ -41,6 +41,7 @@ for i, j in ipairs(jobs) do
   if not j.dup and redis.call('EXISTS', j.job) == 1 then return { 'conflict', i, j.id } end
 end
 local now = now_ms()
+local nows = fmt(now)
 local defer = { ready = {}, sched = { 'ZADD', KEYS[2] } }
 for _, j in ipairs(jobs) do
   if j.dup then
@@ -49,7 +50,7 @@ for _, j in ipairs(jobs) do
     local fields = {}
     for f = j.first, j.first + j.n - 1 do fields[#fields + 1] = ARGV[f] end
     local state = create_job(j.job, KEYS[1], KEYS[2], KEYS[3], j.id, j.run_at, j.delay, fields,
-      now, j.pr, defer)
+      now, nows, j.pr, defer)
     if j.idem then
       redis.call('HSET', j.rec, 'id', j.id, 'h', j.hash)
       redis.call('PEXPIRE', j.rec, ARGV[1])
