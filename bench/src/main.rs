@@ -3,6 +3,10 @@
 use clap::Parser;
 use jobctl_bench::{Options, report};
 
+/// The in-process server gets the allocator the `jobctl-server` binary has.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let options = Options::parse();

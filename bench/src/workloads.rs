@@ -122,11 +122,13 @@ pub async fn submit(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> 
         .collect();
     let mut single = Metric::new("submit", "single_jobs_per_sec", "jobs/s").target(">= 20,000");
     let mut batched = Metric::new("submit", "batch_jobs_per_sec", "jobs/s").target(">= 100,000");
+    let mut cpu = CpuPerJob::new("submit", &["single", "batch"]);
     for run in 0..o.runs {
         let n = o.jobs.unwrap_or(20_000);
         let queue = format!("submit-{run}");
         let next = Arc::new(AtomicUsize::new(0));
         let mut tasks = JoinSet::new();
+        let cpu_before = env.cpu().await;
         let started = Instant::now();
         for i in 0..o.concurrency.max(1) {
             let mut client = JobServiceClient::new(channels[i % channels.len()].clone());
@@ -140,11 +142,15 @@ pub async fn submit(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> 
         }
         join_all(tasks).await?;
         let rate = n as f64 / started.elapsed().as_secs_f64();
-        progress(&format!("submit run {run}: {rate:.0} single submits/s"));
+        let cpu_text = cpu.add(0, n, cpu_before, env.cpu().await);
+        progress(&format!(
+            "submit run {run}: {rate:.0} single submits/s; {cpu_text}"
+        ));
         single.values.push(rate);
 
         let n = o.jobs.unwrap_or(100_000);
         let queue = format!("submit-batch-{run}");
+        let cpu_before = env.cpu().await;
         let started = Instant::now();
         let next = Arc::new(AtomicUsize::new(0));
         let mut tasks = JoinSet::new();
@@ -168,10 +174,65 @@ pub async fn submit(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> 
         }
         join_all(tasks).await?;
         let rate = n as f64 / started.elapsed().as_secs_f64();
-        progress(&format!("submit run {run}: {rate:.0} batched submits/s"));
+        let cpu_text = cpu.add(1, n, cpu_before, env.cpu().await);
+        progress(&format!(
+            "submit run {run}: {rate:.0} batched submits/s; {cpu_text}"
+        ));
         batched.values.push(rate);
     }
-    Ok(vec![single, batched])
+    let mut out = vec![single, batched];
+    out.extend(cpu.metrics());
+    Ok(out)
+}
+
+/// CPU microseconds per job of Redis and of the bench process (the
+/// in-process jobctl server and the clients or workers), for named phases
+/// of a workload; the load-independent side of a throughput number.
+struct CpuPerJob {
+    redis: Vec<Metric>,
+    jobctl: Vec<Metric>,
+}
+
+impl CpuPerJob {
+    fn new(workload: &str, phases: &[&str]) -> Self {
+        let metrics = |who: &str| {
+            phases
+                .iter()
+                .map(|p| Metric::new(workload, &format!("{p}_{who}_cpu_us_per_job"), "us"))
+                .collect()
+        };
+        CpuPerJob {
+            redis: metrics("redis"),
+            jobctl: metrics("jobctl_and_clients"),
+        }
+    }
+
+    /// Adds a phase's run of `n` jobs; returns it as text.
+    fn add(
+        &mut self,
+        phase: usize,
+        n: usize,
+        before: (Option<f64>, Option<f64>),
+        after: (Option<f64>, Option<f64>),
+    ) -> String {
+        let per_job =
+            |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| (a - b) * 1e6 / n as f64);
+        let (redis, jobctl) = (per_job(after.0, before.0), per_job(after.1, before.1));
+        self.redis[phase].values.extend(redis);
+        self.jobctl[phase].values.extend(jobctl);
+        format!(
+            "CPU per job: redis {:.1} us, jobctl and clients {:.1} us",
+            redis.unwrap_or(f64::NAN),
+            jobctl.unwrap_or(f64::NAN)
+        )
+    }
+
+    fn metrics(self) -> impl Iterator<Item = Metric> {
+        self.redis
+            .into_iter()
+            .chain(self.jobctl)
+            .filter(|m| !m.values.is_empty())
+    }
 }
 
 /// A preloaded queue drained by SDK workers; Redis commands per job.

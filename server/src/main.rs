@@ -8,6 +8,12 @@ use clap::Parser;
 use jobctl_server::Config;
 use jobctl_server::telemetry::{self, Export};
 
+/// mimalloc instead of glibc's malloc: the server allocates per request and
+/// per Redis reply, and glibc's malloc/free were ~15 % of its CPU under load
+/// (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long the exit waits for buffered spans to be exported.
 const TRACE_FLUSH: Duration = Duration::from_secs(5);
 

@@ -413,7 +413,8 @@ impl Store for RedisStore {
             .arg(job.delay_ms)
             .arg(self.cap())
             .arg(self.keys.wake_channel())
-            .arg(qk.tag());
+            .arg(qk.tag())
+            .arg(job.priority);
         for (name, value) in job_fields(job) {
             inv.arg(name).arg(value.as_ref());
         }

@@ -234,45 +234,35 @@ local function complete_one(job, ev, active, done, id, token, result, cap, now, 
   return { 'ok', S_SUCCEEDED, fmt(ran) }
 end
 
--- Creates a job (submit, submit_batch): its record from `fields` (a flat
--- field/value list), QUEUED in the ready set or SCHEDULED. Its first event
--- (seq 1) is the record itself (is, ct), not a stream entry, and nobody can
--- be watching a job that did not exist yet. run_at_arg / delay_arg as
--- submit's ARGV (0: none); pr its priority; nows is fmt(now). With `defer`
--- (a batch), its place in the ready or sched set is added to defer.ready
--- ({id, pr}) or defer.sched (score, id) for one call each. Returns its
+-- Creates job `id` (submit, submit_batch): its record from ARGV[first..last]
+-- (field/value pairs, passed on without copying), QUEUED in the ready set
+-- or SCHEDULED. Its first event (seq 1) is the record itself (is, ct), not
+-- a stream entry, and nobody can be watching a job that did not exist yet.
+-- run_at_arg / delay_arg as submit's ARGV (0: none); nows is fmt(now).
+-- A QUEUED job still needs its place in the ready set (the caller's:
+-- one INCR/ZADD, or one per batch); a SCHEDULED one is added to `sched`
+-- (a pending ZADD argument list) when given, else at once. Returns its
 -- state.
-local function create_job(job, ready, sched, seqkey, id, run_at_arg, delay_arg, fields, now, nows,
-                          pr, defer)
+local function create_job(job, id, sched_key, run_at_arg, delay_arg, first, last, now, nows,
+                          sched)
   local run_at = now
-  if tonumber(run_at_arg) > 0 then
+  if run_at_arg ~= '0' then
     run_at = tonumber(run_at_arg)
-  elseif tonumber(delay_arg) > 0 then
+  elseif delay_arg ~= '0' then
     run_at = now + tonumber(delay_arg)
   end
-  local state = S_QUEUED
-  if run_at > now then state = S_SCHEDULED end
-  local args = { 'HSET', job }
-  for i = 1, #fields do args[#args + 1] = fields[i] end
-  local n = #args
-  args[n + 1], args[n + 2], args[n + 3], args[n + 4], args[n + 5], args[n + 6] =
-    'st', state, 'seq', '1', 'ct', nows
-  if state == S_SCHEDULED then
-    args[n + 7], args[n + 8], args[n + 9], args[n + 10] = 'ra', fmt(run_at), 'is', state
+  if run_at <= now then
+    redis.call('HSET', job, 'st', S_QUEUED, 'seq', '1', 'ct', nows, unpack(ARGV, first, last))
+    return S_QUEUED
   end
-  redis.call(unpack(args))
-  if state == S_SCHEDULED then
-    if defer then
-      defer.sched[#defer.sched + 1] = fmt(run_at)
-      defer.sched[#defer.sched + 1] = id
-    else
-      redis.call('ZADD', sched, fmt(run_at), id)
-    end
-  elseif defer then
-    defer.ready[#defer.ready + 1] = { id, pr }
+  local ras = fmt(run_at)
+  redis.call('HSET', job, 'st', S_SCHEDULED, 'seq', '1', 'ct', nows, 'ra', ras, 'is', S_SCHEDULED,
+    unpack(ARGV, first, last))
+  if sched then
+    sched[#sched + 1] = ras
+    sched[#sched + 1] = id
   else
-    local s = redis.call('INCR', seqkey)
-    redis.call('ZADD', ready, fmt((1000 - pr) * 2199023255552 + s), id)
+    redis.call('ZADD', sched_key, ras, id)
   end
-  return state
+  return S_SCHEDULED
 end

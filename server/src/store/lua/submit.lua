@@ -7,7 +7,7 @@
 -- ARGV[3] request hash  ARGV[4] idempotency ttl ms
 -- ARGV[5] run at ms (0: none)   ARGV[6] delay ms (0: none)
 -- ARGV[7] event cap (unused)   ARGV[8] wake channel   ARGV[9] wake message
--- ARGV[10..] job hash field/value pairs
+-- ARGV[10] priority     ARGV[11..] job hash field/value pairs
 -- Returns {'new', id, state} | {'dup', id} | {'conflict', id}
 local id = ARGV[1]
 if ARGV[2] == '1' then
@@ -18,18 +18,15 @@ if ARGV[2] == '1' then
   end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return { 'conflict', id } end
-local fields = {}
-for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
-local pr = 0
-for i = 1, #fields, 2 do
-  if fields[i] == 'o' then pr = options(fields[i + 1]) end
-end
 local now = now_ms()
-local state = create_job(KEYS[1], KEYS[3], KEYS[4], KEYS[5], id, ARGV[5], ARGV[6], fields,
-  now, fmt(now), pr)
+local state = create_job(KEYS[1], id, KEYS[4], ARGV[5], ARGV[6], 11, #ARGV, now, fmt(now))
 if ARGV[2] == '1' then
   redis.call('HSET', KEYS[6], 'id', id, 'h', ARGV[3])
   redis.call('PEXPIRE', KEYS[6], ARGV[4])
 end
-if state == S_QUEUED then redis.call('PUBLISH', ARGV[8], ARGV[9]) end
+if state == S_QUEUED then
+  local s = redis.call('INCR', KEYS[5])
+  redis.call('ZADD', KEYS[3], fmt((1000 - tonumber(ARGV[10])) * 2199023255552 + s), id)
+  redis.call('PUBLISH', ARGV[8], ARGV[9])
+end
 return { 'new', id, state }
