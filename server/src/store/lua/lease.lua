@@ -32,7 +32,7 @@ for i = 1, #ids do
     if tonumber(f[1]) == S_QUEUED then
       local _, ma, lt, to = options(f[2])
       local fence = tonumber(f[3] or '0') + 1
-      local token = fence .. '.' .. ARGV[2] .. i
+      local token = fmt(fence) .. '.' .. ARGV[2] .. fmt(i)
       local attempt = tonumber(f[4] or '0') + 1
       local seq = tonumber(f[5] or '0') + 1
       local le = now + lt
@@ -42,8 +42,9 @@ for i = 1, #ids do
         if dl < le then le = dl end
       end
       local les = fmt(le)
-      local set = { 'HSET', job, 'st', S_RUNNING, 'tok', token, 'w', ARGV[1], 'sa', nows,
-        'ua', nows, 'fen', fence, 'a', attempt, 'seq', seq, 'dl', fmt(dl), 'le', les }
+      local set = { 'HSET', job, 'st', fmt(S_RUNNING), 'tok', token, 'w', ARGV[1], 'sa', nows,
+        'ua', nows, 'fen', fmt(fence), 'a', fmt(attempt), 'seq', fmt(seq), 'dl', fmt(dl),
+        'le', les }
       append_event(job, f[19], f[20], ev, ARGV[3], seq, E_STATE, S_RUNNING, now, attempt, f[6],
         nil, set)
       redis.call(unpack(set))
