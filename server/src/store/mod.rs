@@ -9,6 +9,7 @@ mod codec;
 mod memory;
 mod redis;
 mod scripts;
+mod submits;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::codec::{self, Record, Reply, encode_map};
 use super::scripts::Scripts;
+use super::submits::{Coalescer, Created, Writer};
 use super::{
     AttemptEnded, Completion, Failure, Heartbeat, Leased, Maintained, Maintenance, Store, Submitted,
 };
@@ -54,6 +55,10 @@ pub struct RedisStore {
     /// The registry as last read by the maintenance pass, and the passes
     /// since.
     registry_cache: Mutex<(u32, Vec<(String, String)>)>,
+    /// Writes new jobs (submit_batch.lua).
+    writer: Writer,
+    /// Each queue's writer task for single Submits.
+    coalescer: Coalescer,
 }
 
 /// The maintenance pass reads the queue registry every this many passes
@@ -114,16 +119,58 @@ impl RedisStore {
             .set_number_of_retries(1);
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| Error::Startup(format!("redis connection: {e}")))?;
+        let keys = Keyspace::new(&options.key_prefix);
+        let scripts = Scripts::new();
+        let writer = Writer {
+            conn: conn.clone(),
+            script: scripts.submit_batch.clone(),
+            wake_channel: keys.wake_channel(),
+            idempotency_ttl_ms: u64::try_from(options.idempotency_ttl.as_millis())
+                .unwrap_or(u64::MAX),
+        };
         Ok(RedisStore {
             conn,
             client,
-            keys: Keyspace::new(&options.key_prefix),
-            scripts: Scripts::new(),
+            keys,
+            scripts,
+            writer,
+            coalescer: Coalescer::default(),
             options,
             lease_locks: Mutex::new(HashMap::new()),
             registered: Mutex::new(HashMap::new()),
             registry_cache: Mutex::new((0, Vec::new())),
         })
+    }
+
+    /// A Submit's answer from its job's outcome.
+    async fn submitted(
+        &self,
+        ns: &str,
+        created: Created,
+        idempotency_key: Option<&str>,
+    ) -> Result<Submitted> {
+        match created {
+            Created::New { job_id, state } => Ok(Submitted {
+                job_id,
+                deduplicated: false,
+                state,
+            }),
+            Created::Duplicate { job_id } => {
+                let state = match JobId::parse(&job_id) {
+                    Ok(id) => self.state_of(ns, &id).await?,
+                    Err(_) => JobState::Unspecified,
+                };
+                Ok(Submitted {
+                    job_id,
+                    deduplicated: true,
+                    state,
+                })
+            }
+            Created::Conflict { job_id } => Err(Error::IdempotencyConflict {
+                key: idempotency_key.unwrap_or_default().to_owned(),
+                job_id,
+            }),
+        }
     }
 
     pub fn keys(&self) -> &Keyspace {
@@ -388,64 +435,18 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    /// Creates a job, or finds the one its idempotency key already made.
+    /// Creates a job, or finds the one its idempotency key already made;
+    /// written together with the queue's other waiting Submits
+    /// (`submits.rs`).
     async fn submit(&self, ns: &str, job: &NewJob) -> Result<Submitted> {
         let qk = self.keys.queue(ns, job.queue());
         self.register(&qk).await?;
-        let idem_key = job.idempotency_key.as_deref().unwrap_or("");
-        let ttl_ms = u64::try_from(self.options.idempotency_ttl.as_millis()).unwrap_or(u64::MAX);
-        let mut inv = self.scripts.submit.prepare_invoke();
-        inv.key(qk.job(&job.id))
-            .key(qk.events(&job.id))
-            .key(qk.ready())
-            .key(qk.sched())
-            .key(qk.seq())
-            .key(qk.idempotency(idem_key))
-            .arg(job.id.to_string())
-            .arg(if job.idempotency_key.is_some() {
-                "1"
-            } else {
-                "0"
-            })
-            .arg(&job.request_hash)
-            .arg(ttl_ms.max(1))
-            .arg(job.run_at_ms)
-            .arg(job.delay_ms)
-            .arg(self.cap())
-            .arg(self.keys.wake_channel())
-            .arg(qk.tag())
-            .arg(job.priority);
-        for (name, value) in job_fields(job) {
-            inv.arg(name).arg(value.as_ref());
-        }
-        let value: Value = inv.invoke_async(&mut self.conn()).await?;
-        let reply = Reply::of(&value)?;
-        match reply.str(0) {
-            "new" => Ok(Submitted {
-                job_id: reply.str(1).to_owned(),
-                deduplicated: false,
-                state: codec::state(reply.int(2)),
-            }),
-            "dup" => {
-                let job_id = reply.str(1).to_owned();
-                let state = match JobId::parse(&job_id) {
-                    Ok(id) => self.state_of(ns, &id).await?,
-                    Err(_) => JobState::Unspecified,
-                };
-                Ok(Submitted {
-                    job_id,
-                    deduplicated: true,
-                    state,
-                })
-            }
-            "conflict" => Err(Error::IdempotencyConflict {
-                key: idem_key.to_owned(),
-                job_id: reply.str(1).to_owned(),
-            }),
-            other => Err(Error::Corrupt(format!(
-                "unexpected submit status {other:?}"
-            ))),
-        }
+        let created = self
+            .coalescer
+            .submit(&self.writer, &qk, job.clone())
+            .await?;
+        self.submitted(ns, created, job.idempotency_key.as_deref())
+            .await
     }
 
     /// Creates several jobs of one queue in one script call, all or none.
@@ -461,76 +462,26 @@ impl Store for RedisStore {
         }
         let qk = self.keys.queue(ns, first.queue());
         self.register(&qk).await?;
-        let ttl_ms = u64::try_from(self.options.idempotency_ttl.as_millis()).unwrap_or(u64::MAX);
-        let mut inv = self.scripts.submit_batch.prepare_invoke();
-        inv.key(qk.ready()).key(qk.sched()).key(qk.seq());
-        for job in jobs {
-            inv.key(qk.job(&job.id))
-                .key(qk.idempotency(job.idempotency_key.as_deref().unwrap_or("")));
-        }
-        inv.arg(ttl_ms.max(1))
-            .arg(self.keys.wake_channel())
-            .arg(qk.tag());
-        for job in jobs {
-            let fields = job_fields(job);
-            inv.arg(job.id.to_string())
-                .arg(if job.idempotency_key.is_some() {
-                    "1"
-                } else {
-                    "0"
-                })
-                .arg(&job.request_hash)
-                .arg(job.run_at_ms)
-                .arg(job.delay_ms)
-                .arg(job.priority)
-                .arg(fields.len() * 2);
-            for (name, value) in fields {
-                inv.arg(name).arg(value.as_ref());
-            }
-        }
-        let value: Value = inv.invoke_async(&mut self.conn()).await?;
-        let reply = Reply::of(&value)?;
-        match reply.str(0) {
-            "ok" => {
-                let Some(Value::Array(items)) = reply.0.get(1) else {
-                    return Err(Error::Corrupt("unexpected submit batch reply".into()));
-                };
-                let mut out = Vec::with_capacity(items.len());
-                for item in items {
-                    let r = Reply::of(item)?;
-                    let deduplicated = r.str(0) == "dup";
-                    let job_id = r.str(1).to_owned();
-                    let state = if deduplicated {
-                        match JobId::parse(&job_id) {
-                            Ok(id) => self.state_of(ns, &id).await?,
-                            Err(_) => JobState::Unspecified,
-                        }
-                    } else {
-                        codec::state(r.int(2))
-                    };
-                    out.push(Submitted {
-                        job_id,
-                        deduplicated,
-                        state,
-                    });
+        match self.writer.write(&qk, jobs, false).await? {
+            Ok(created) => {
+                let mut out = Vec::with_capacity(created.len());
+                for (c, job) in created.into_iter().zip(jobs) {
+                    out.push(
+                        self.submitted(ns, c, job.idempotency_key.as_deref())
+                            .await?,
+                    );
                 }
                 Ok(out)
             }
-            "conflict" => {
-                let index = usize::try_from(reply.int(1)).unwrap_or_default();
-                let key = index
+            Err(conflict) => Err(Error::IdempotencyConflict {
+                key: conflict
+                    .index
                     .checked_sub(1)
                     .and_then(|i| jobs.get(i))
                     .and_then(|j| j.idempotency_key.clone())
-                    .unwrap_or_default();
-                Err(Error::IdempotencyConflict {
-                    key,
-                    job_id: reply.str(2).to_owned(),
-                })
-            }
-            other => Err(Error::Corrupt(format!(
-                "unexpected submit batch status {other:?}"
-            ))),
+                    .unwrap_or_default(),
+                job_id: conflict.job_id,
+            }),
         }
     }
 
@@ -915,7 +866,7 @@ impl Store for RedisStore {
 }
 
 /// The job hash's initial fields (see prelude.lua), as name/value pairs.
-fn job_fields(job: &NewJob) -> Vec<(&'static str, Cow<'_, [u8]>)> {
+pub(super) fn job_fields(job: &NewJob) -> Vec<(&'static str, Cow<'_, [u8]>)> {
     let num = |n: &dyn ToString| Cow::Owned(n.to_string().into_bytes());
     let mut fields = vec![
         ("k", Cow::Borrowed(job.kind.as_bytes())),

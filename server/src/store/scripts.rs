@@ -13,7 +13,6 @@ macro_rules! script {
 
 /// Every transition script, loaded once per process.
 pub struct Scripts {
-    pub submit: Script,
     pub submit_batch: Script,
     pub lease: Script,
     pub heartbeat: Script,
@@ -32,7 +31,6 @@ pub struct Scripts {
 impl Scripts {
     pub fn new() -> Self {
         Scripts {
-            submit: script!("submit.lua"),
             submit_batch: script!("submit_batch.lua"),
             lease: script!("lease.lua"),
             heartbeat: script!("heartbeat.lua"),

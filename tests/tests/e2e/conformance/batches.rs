@@ -19,6 +19,7 @@ conformance! {
     a_batch_complete_refuses_a_stale_token_without_writing;
     a_batch_complete_leases_the_next_jobs_in_the_same_call;
     the_client_library_submits_a_batch_all_or_nothing;
+    concurrent_single_submits_are_each_answered_on_their_own, worker_threads = 4;
 }
 
 fn keyed(payload: &str, key: &str) -> SubmitRequest {
@@ -322,4 +323,68 @@ async fn the_client_library_submits_a_batch_all_or_nothing(backend: Backend) {
         &StateSnapshot::take(&backend, &srv, &[], &["q"]).await,
         "a refused client batch",
     );
+}
+
+/// Single Submits arriving together (which the Redis store writes with one
+/// script call) still stand alone: a conflicting idempotency key refuses
+/// only its own Submit, duplicates get the one job, every other job is
+/// created once, and each caller gets its own answer.
+async fn concurrent_single_submits_are_each_answered_on_their_own(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
+    const PLAIN: usize = 120;
+    const DUPLICATES: usize = 20;
+    const CONFLICTS: usize = 10;
+    let requests: Vec<(usize, SubmitRequest)> = (0..PLAIN)
+        .map(|i| (i, submit_request("q", "k", format!("plain-{i}"))))
+        .chain((0..DUPLICATES).map(|i| (PLAIN + i, keyed("same", "k-1"))))
+        .chain(
+            (0..CONFLICTS).map(|i| (PLAIN + DUPLICATES + i, keyed(&format!("other-{i}"), "k-1"))),
+        )
+        .collect();
+    let answers = futures::future::join_all(requests.into_iter().map(|(i, request)| {
+        let mut client = srv.job();
+        async move { (i, client.submit(request).await) }
+    }))
+    .await;
+
+    let mut plain = std::collections::HashSet::new();
+    let mut keyed_ids = std::collections::HashSet::new();
+    let (mut created, mut refused) = (0, 0);
+    for (i, answer) in answers {
+        if i < PLAIN {
+            let answer = answer.expect("a plain submit succeeds").into_inner();
+            assert!(!answer.deduplicated);
+            assert!(plain.insert(answer.job_id), "job ids are unique");
+            continue;
+        }
+        match answer {
+            Ok(answer) => {
+                let answer = answer.into_inner();
+                created += usize::from(!answer.deduplicated);
+                keyed_ids.insert(answer.job_id);
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(keyed_ids.len(), 1, "one job for one key: {keyed_ids:?}");
+    assert_eq!(created, 1, "exactly one keyed submit created its job");
+    let id = keyed_ids.into_iter().next().expect("one id");
+    let job = get_job(&srv.job, &id).await;
+    // Whichever request came first made the job; every other one with
+    // another payload was refused, every one with the same was answered
+    // with the job.
+    let winner_is_same = job.payload == b"same";
+    let want_refused = if winner_is_same {
+        CONFLICTS
+    } else {
+        DUPLICATES + CONFLICTS - 1
+    };
+    assert_eq!(refused, want_refused, "{job:?}");
+    assert_eq!(plain.len(), PLAIN);
+    for id in &plain {
+        assert_eq!(get_job(&srv.job, id).await.state(), JobState::Queued);
+    }
 }
