@@ -186,3 +186,58 @@ async fn thousand_watchers_of_one_job_get_every_event_over_the_same_redis_connec
     );
     drop(first);
 }
+
+/// Calls of one Redis command so far (`INFO commandstats`; commands run by
+/// scripts included).
+async fn command_calls(redis: &RedisServer, command: &str) -> u64 {
+    let mut conn = redis.conn().await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A job's events are published only once someone watches it: jobs nobody
+/// watches cost no PUBLISH beyond their queue's wake-up, and a watched
+/// job's events still reach its watcher as they happen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_nobody_watches_publish_no_events() {
+    let redis = RedisServer::start().await;
+    let srv = TestServer::start(&redis, &[]).await;
+    let before = command_calls(&redis, "publish").await;
+    const JOBS: u64 = 10;
+    for i in 0..JOBS {
+        submit(&srv.job, submit_request("unwatched", "k", format!("{i}"))).await;
+        let leased = lease_one(&srv.worker, "unwatched").await;
+        srv.worker()
+            .heartbeat(jobctl_proto::v1::HeartbeatRequest {
+                progress: Some(jobctl_proto::v1::Progress {
+                    percent: 50.0,
+                    ..Default::default()
+                }),
+                ..heartbeat_request(&leased)
+            })
+            .await
+            .expect("heartbeat");
+        complete(&srv.worker, &leased, b"ok").await;
+    }
+    let after = command_calls(&redis, "publish").await;
+    assert_eq!(after - before, JOBS, "one wake-up per submit, no event");
+
+    let id = submit(&srv.job, submit_request("watched", "k", "x")).await;
+    let mut stream = watch(&srv.job, &id, 0).await;
+    let created = stream.message().await.expect("watch").expect("first event");
+    assert_eq!(created.event.expect("event").seq, 1);
+    let leased = lease_one(&srv.worker, "watched").await;
+    complete(&srv.worker, &leased, b"ok").await;
+    let rest = read_to_end(stream).await;
+    assert_eq!(rest.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+    let watched = command_calls(&redis, "publish").await - after;
+    assert_eq!(watched, 3, "the wake-up, then RUNNING and SUCCEEDED");
+}
