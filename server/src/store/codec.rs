@@ -179,11 +179,16 @@ impl Record {
         };
         let o = Options::parse(self.bytes("o").unwrap_or_default());
         let created: u64 = self.num("ct");
-        // ua and ra are written only once they differ from ct (prelude.lua).
+        // ra is written only once it differs from ct; ua not by a lease or
+        // a completion, whose own times say it (prelude.lua).
         let or_created = |f: &str| match self.num(f) {
             0 => created,
             ms => ms,
         };
+        let updated = ["ua", "sa", "fa"]
+            .iter()
+            .map(|f| self.num::<u64>(f))
+            .fold(created, u64::max);
         Ok(v1::Job {
             queue: JobId::parse(&id)
                 .map(|id| id.queue().to_owned())
@@ -217,7 +222,7 @@ impl Record {
             run_at: timestamp(or_created("ra")),
             started_at: timestamp(self.num("sa")),
             finished_at: timestamp(self.num("fa")),
-            updated_at: timestamp(or_created("ua")),
+            updated_at: timestamp(updated),
             lease_expires_at: timestamp(self.num("le")),
             expires_at: timestamp(self.num("ex")),
             retention: duration(o.retention_ms),

@@ -42,9 +42,13 @@ for i = 1, #ids do
         if dl < le then le = dl end
       end
       local les = fmt(le)
+      -- ua: sa says it; dl: absent or 0 on a job that is not running.
       local set = { 'HSET', job, 'st', fmt(S_RUNNING), 'tok', token, 'w', ARGV[1], 'sa', nows,
-        'ua', nows, 'fen', fmt(fence), 'a', fmt(attempt), 'seq', fmt(seq), 'dl', fmt(dl),
-        'le', les }
+        'fen', fmt(fence), 'a', fmt(attempt), 'seq', fmt(seq), 'le', les }
+      if dl > 0 then
+        set[#set + 1] = 'dl'
+        set[#set + 1] = fmt(dl)
+      end
       append_event(job, f[19], f[20], ev, ARGV[3], seq, E_STATE, S_RUNNING, now, attempt, f[6],
         nil, set)
       redis.call(unpack(set))

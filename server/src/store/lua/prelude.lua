@@ -14,7 +14,8 @@
 -- ei the last event kept in the record, e2, e3, ... those events, wt 1 once
 -- someone watches the job (its events are published only then).
 -- le and dl are absent or 0 when there is no lease or deadline; a and fen
--- absent are 0; ua and ra absent are ct. A new job is written with as few
+-- absent are 0; ra absent is ct; the time of the last change is the latest
+-- of ua, ct, sa and fa (a lease or completion does not write ua). A new job is written with as few
 -- fields as possible: every field costs memory and a lookup in each script.
 --
 -- A job's first event (seq 1: created QUEUED or SCHEDULED) is not written
@@ -238,8 +239,8 @@ local function complete_one(job, ev, active, done, id, token, result, cap, now, 
   local seq = tonumber(f[5] or '0') + 1
   local nows = fmt(now)
   -- As finish() does, in fewer calls.
-  local set = { 'HSET', job, 'res', result, 'st', fmt(S_SUCCEEDED), 'fa', nows, 'ua', nows,
-    'ex', ex, 'seq', fmt(seq), 'le', '0', 'dl', '0' }
+  local set = { 'HSET', job, 'res', result, 'st', fmt(S_SUCCEEDED), 'fa', nows, 'ex', ex,
+    'seq', fmt(seq), 'le', '0', 'dl', '0' }
   append_event(job, f[8], f[9], ev, cap, seq, E_STATE, S_SUCCEEDED, now, f[6], f[7],
     { 'r', result }, set)
   redis.call(unpack(set))
