@@ -34,7 +34,9 @@ pub struct NewJob {
     pub labels: BTreeMap<String, String>,
     /// W3C trace context and request id of the submitter.
     pub trace_context: BTreeMap<String, String>,
-    /// Identifies the request, to tell a retried submit from a conflicting one.
+    /// Identifies the request, to tell a retried submit from a conflicting
+    /// one: the hex SHA-256 of everything it asks for, when it has an
+    /// idempotency key (empty without one).
     pub request_hash: String,
 }
 
@@ -324,23 +326,28 @@ impl Validator {
             }
         }
         let labels: BTreeMap<String, String> = req.labels.into_iter().collect();
-        let request_hash = request_hash(&req.queue, &req.kind, &req.payload, |h| {
-            h.update(req.priority.to_le_bytes());
-            h.update(run_at_ms.to_le_bytes());
-            h.update(delay_ms.to_le_bytes());
-            h.update(max_attempts.to_le_bytes());
-            h.update(backoff.initial_ms.to_le_bytes());
-            h.update(backoff.max_ms.to_le_bytes());
-            h.update(backoff.multiplier.to_le_bytes());
-            h.update(backoff.jitter.to_le_bytes());
-            h.update(lease_ttl_ms.to_le_bytes());
-            h.update(timeout_ms.to_le_bytes());
-            h.update(retention_ms.to_le_bytes());
-            for (k, v) in &labels {
-                field(h, k.as_bytes());
-                field(h, v.as_bytes());
-            }
-        });
+        // Only a job with an idempotency key is compared with another.
+        let request_hash = if idempotency_key.is_none() {
+            String::new()
+        } else {
+            request_hash(&req.queue, &req.kind, &req.payload, |h| {
+                h.update(req.priority.to_le_bytes());
+                h.update(run_at_ms.to_le_bytes());
+                h.update(delay_ms.to_le_bytes());
+                h.update(max_attempts.to_le_bytes());
+                h.update(backoff.initial_ms.to_le_bytes());
+                h.update(backoff.max_ms.to_le_bytes());
+                h.update(backoff.multiplier.to_le_bytes());
+                h.update(backoff.jitter.to_le_bytes());
+                h.update(lease_ttl_ms.to_le_bytes());
+                h.update(timeout_ms.to_le_bytes());
+                h.update(retention_ms.to_le_bytes());
+                for (k, v) in &labels {
+                    field(h, k.as_bytes());
+                    field(h, v.as_bytes());
+                }
+            })
+        };
         Ok(NewJob {
             id: JobId::new(&req.queue),
             kind: req.kind,
@@ -445,14 +452,22 @@ mod tests {
     #[test]
     fn same_request_same_hash_different_payload_different_hash() {
         let v = validator();
-        let a = v.submit(req(), BTreeMap::new()).expect("valid");
-        let b = v.submit(req(), BTreeMap::new()).expect("valid");
+        let keyed = || v1::SubmitRequest {
+            idempotency_key: "order-1".into(),
+            ..req()
+        };
+        let a = v.submit(keyed(), BTreeMap::new()).expect("valid");
+        let b = v.submit(keyed(), BTreeMap::new()).expect("valid");
         assert_eq!(a.request_hash, b.request_hash);
+        assert_eq!(a.request_hash.len(), 64, "hex SHA-256");
         assert_ne!(a.id, b.id);
-        let mut other = req();
+        let mut other = keyed();
         other.payload = b"[]".to_vec();
         let c = v.submit(other, BTreeMap::new()).expect("valid");
         assert_ne!(a.request_hash, c.request_hash);
+        // Without a key nothing is compared, so nothing is hashed.
+        let plain = v.submit(req(), BTreeMap::new()).expect("valid");
+        assert_eq!(plain.request_hash, "");
     }
 
     #[test]

@@ -78,22 +78,24 @@ impl Writer {
         let mut inv = self.script.prepare_invoke();
         inv.key(qk.ready()).key(qk.sched()).key(qk.seq());
         for job in jobs {
-            inv.key(qk.job(&job.id))
-                .key(qk.idempotency(job.idempotency_key.as_deref().unwrap_or("")));
+            inv.key(qk.job(&job.id));
+        }
+        for key in jobs.iter().filter_map(|j| j.idempotency_key.as_deref()) {
+            inv.key(qk.idempotency(key));
         }
         inv.arg(self.idempotency_ttl_ms.max(1))
             .arg(&self.wake_channel)
             .arg(qk.tag())
-            .arg(if independent { "1" } else { "0" });
+            .arg(if independent { "1" } else { "0" })
+            .arg(jobs.len());
         for job in jobs {
             let fields = job_fields(job);
             inv.arg(job.id.to_string())
                 .arg(if job.idempotency_key.is_some() {
-                    "1"
+                    job.request_hash.as_str()
                 } else {
-                    "0"
+                    ""
                 })
-                .arg(&job.request_hash)
                 .arg(job.run_at_ms)
                 .arg(job.delay_ms)
                 .arg(job.priority)
@@ -117,20 +119,24 @@ impl Writer {
                     )));
                 }
                 let mut out = Vec::with_capacity(items.len());
-                for item in items {
-                    let r = Reply::of(item)?;
-                    let job_id = r.str(1).to_owned();
-                    out.push(match r.str(0) {
-                        "new" => Created::New {
-                            job_id,
-                            state: codec::state(r.int(2)),
+                for (item, job) in items.iter().zip(jobs) {
+                    out.push(match item {
+                        Value::Int(state) => Created::New {
+                            job_id: job.id.to_string(),
+                            state: codec::state(*state),
                         },
-                        "dup" => Created::Duplicate { job_id },
-                        "conflict" => Created::Conflict { job_id },
                         other => {
-                            return Err(Error::Corrupt(format!(
-                                "unexpected submit outcome {other:?}"
-                            )));
+                            let r = Reply::of(other)?;
+                            let job_id = r.str(1).to_owned();
+                            match r.str(0) {
+                                "dup" => Created::Duplicate { job_id },
+                                "conflict" => Created::Conflict { job_id },
+                                other => {
+                                    return Err(Error::Corrupt(format!(
+                                        "unexpected submit outcome {other:?}"
+                                    )));
+                                }
+                            }
                         }
                     });
                 }
