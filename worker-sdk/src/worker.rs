@@ -898,6 +898,18 @@ fn log_join(ended: Result<(), tokio::task::JoinError>) {
     }
 }
 
+/// A leased job's task, boxed: the job's future is several kilobytes, and
+/// a task holding it inline was moved (memmove) on every spawn and poll
+/// transition, a tenth of the worker's CPU in the drain benchmark.
+fn job_task(
+    shared: Arc<Shared>,
+    job: LeasedJob,
+    abandon: CancellationToken,
+    permit: OwnedSemaphorePermit,
+) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(run_job(shared, job, abandon, Some(permit)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1060,16 +1072,4 @@ mod tests {
     fn default_worker_ids_differ() {
         assert_ne!(default_worker_id(), default_worker_id());
     }
-}
-
-/// A leased job's task, boxed: the job's future is several kilobytes, and
-/// a task holding it inline was moved (memmove) on every spawn and poll
-/// transition, a tenth of the worker's CPU in the drain benchmark.
-fn job_task(
-    shared: Arc<Shared>,
-    job: LeasedJob,
-    abandon: CancellationToken,
-    permit: OwnedSemaphorePermit,
-) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
-    Box::pin(run_job(shared, job, abandon, Some(permit)))
 }
