@@ -18,19 +18,18 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
 use futures::future::BoxFuture;
+use futures::task::AtomicWaker;
 use jobctl_proto::v1::{self, EventKind, JobState};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
-use tokio_util::sync::{
-    CancellationToken, DropGuard, ReusableBoxFuture, WaitForCancellationFutureOwned,
-};
+use tokio_util::sync::{CancellationToken, DropGuard, ReusableBoxFuture};
 use tonic::Status;
 
 use crate::error::Result;
@@ -42,6 +41,8 @@ use crate::store::Store;
 const FEED_CACHE: usize = 512;
 /// Events read from the store per call.
 pub const PAGE: usize = 256;
+/// Events waiting for a reader that make it behind, however recent.
+const BEHIND: usize = 32;
 
 type Event = Arc<v1::JobEvent>;
 
@@ -107,25 +108,29 @@ impl Feed {
                 (cache.seen, cache.events.back().map(|e| e.seq))
             };
             if seen != version {
-                // One reader refreshes the cache for everyone.
-                let from = back.unwrap_or(after);
-                let fresh = store.events(ns, id, from, PAGE).await?;
-                let complete = fresh.len() < PAGE;
-                let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
-                let follows = cache
-                    .events
-                    .back()
-                    .is_none_or(|e| fresh.first().is_none_or(|f| f.seq == e.seq + 1));
-                if !follows {
-                    cache.events.clear();
-                }
-                cache.events.extend(fresh.into_iter().map(Arc::new));
-                while cache.events.len() > FEED_CACHE {
-                    cache.events.pop_front();
-                }
-                // A full page may not be the end: the next read looks again.
-                if complete {
-                    cache.seen = version;
+                // One reader refreshes the cache for everyone, a page at a
+                // time up to the end (or as far as the cache holds).
+                let mut from = back.unwrap_or(after);
+                for _ in 0..FEED_CACHE / PAGE {
+                    let fresh = store.events(ns, id, from, PAGE).await?;
+                    let complete = fresh.len() < PAGE;
+                    from = fresh.last().map_or(from, |e| e.seq);
+                    let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
+                    let follows = cache
+                        .events
+                        .back()
+                        .is_none_or(|e| fresh.first().is_none_or(|f| f.seq == e.seq + 1));
+                    if !follows {
+                        cache.events.clear();
+                    }
+                    cache.events.extend(fresh.into_iter().map(Arc::new));
+                    while cache.events.len() > FEED_CACHE {
+                        cache.events.pop_front();
+                    }
+                    if complete {
+                        cache.seen = version;
+                        break;
+                    }
                 }
             }
             let cache = self.cache.read().unwrap_or_else(PoisonError::into_inner);
@@ -177,8 +182,9 @@ fn micros(event: &v1::JobEvent) -> Option<i64> {
 /// May a reader about to get `event`, with `later` waiting behind it, skip
 /// it? Only a progress event followed by another progress (the run's
 /// newest survives, and so does every state change), only past the replay
-/// (`live_from`), and only when the reader is behind: the newest event it
-/// knows of (`newest`) happened at least `coalesce_after` later.
+/// (`live_from`), and only when the reader is behind: [`BEHIND`] events
+/// wait for it, or the newest it knows of happened at least
+/// `coalesce_after` later.
 fn superseded(
     event: &v1::JobEvent,
     later: &VecDeque<Event>,
@@ -188,6 +194,9 @@ fn superseded(
     let progress = |e: &v1::JobEvent| e.kind() == EventKind::Progress;
     if event.seq <= live_from || !progress(event) || !later.front().is_some_and(|e| progress(e)) {
         return false;
+    }
+    if later.len() >= BEHIND {
+        return true;
     }
     let lag = i64::try_from(coalesce_after.as_micros()).unwrap_or(i64::MAX);
     match (micros(event), later.back().and_then(|e| micros(e))) {
@@ -202,15 +211,23 @@ struct Tracker {
     cursor: AtomicU64,
     /// Set by the guard: the stream ends with `RESOURCE_EXHAUSTED`.
     cut_off: AtomicBool,
+    /// Set by the guard when the server shuts down: the stream ends with
+    /// `UNAVAILABLE`.
+    stopping: AtomicBool,
+    /// The stream's task, for the guard to wake.
+    waker: AtomicWaker,
     /// Whether the watchers gauge still counts this watcher.
-    counted: AtomicBool,
+    counted: AtomicU8,
     gauge: Gauge,
 }
 
+const COUNTED: u8 = 1;
+const DONE: u8 = 2;
+
 impl Tracker {
-    /// Stops counting this watcher (once).
+    /// Stops counting this watcher, for good.
     fn uncount(&self) {
-        if self.counted.swap(false, Ordering::AcqRel) {
+        if self.counted.swap(DONE, Ordering::AcqRel) == COUNTED {
             self.gauge.dec();
         }
     }
@@ -226,6 +243,9 @@ pub struct Watcher {
     /// stream), all after `after`.
     pub first: Vec<v1::JobEvent>,
     pub after: u64,
+    /// The newest event when the watch began (as far as the caller knows):
+    /// the replay up to it is delivered whole.
+    pub replay_to: u64,
     pub stuck_after: Duration,
     pub coalesce_after: Duration,
     pub shutdown: CancellationToken,
@@ -263,10 +283,10 @@ pub struct WatchStream {
     /// never coalesced.
     live_from: u64,
     coalesce_after: Duration,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
-    stopping: CancellationToken,
     tracker: Arc<Tracker>,
     done: bool,
+    /// Events went to the transport since the stream last waited.
+    sent: bool,
     _guard: DropGuard,
 }
 
@@ -278,13 +298,15 @@ impl Watcher {
             .first
             .last()
             .map_or(self.after, |e| e.seq)
-            .max(self.after)
+            .max(self.replay_to)
             .max(self.feed.newest());
         self.gauge.inc();
         let tracker = Arc::new(Tracker {
             cursor: AtomicU64::new(self.after),
             cut_off: AtomicBool::new(false),
-            counted: AtomicBool::new(true),
+            stopping: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+            counted: AtomicU8::new(COUNTED),
             gauge: self.gauge,
         });
         let stop = CancellationToken::new();
@@ -294,6 +316,7 @@ impl Watcher {
                 tracker.clone(),
                 self.id.to_string(),
                 self.stuck_after,
+                self.shutdown,
                 stop.clone(),
             ),
             tracing::Span::current(),
@@ -311,23 +334,24 @@ impl Watcher {
             read: None,
             live_from,
             coalesce_after: self.coalesce_after,
-            shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
-            stopping: self.shutdown,
             tracker,
             done: false,
+            sent: false,
             _guard: stop.drop_guard(),
         }
     }
 }
 
 /// Cuts a watcher off when events wait for it and it has taken none for
-/// `stuck_after`. It looks a few times per `stuck_after` (the stream itself
-/// is not polled while the transport has no room).
+/// `stuck_after` (it looks a few times per `stuck_after`: the stream itself
+/// is not polled while the transport has no room), and ends it when the
+/// server shuts down. Runs until the stream is dropped (`stop`).
 async fn guard(
     feed: Arc<Feed>,
     tracker: Arc<Tracker>,
     job_id: String,
     stuck_after: Duration,
+    shutdown: CancellationToken,
     stop: CancellationToken,
 ) {
     let tick = (stuck_after / 4).max(Duration::from_millis(1));
@@ -335,6 +359,11 @@ async fn guard(
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
+            () = shutdown.cancelled() => {
+                tracker.stopping.store(true, Ordering::Release);
+                tracker.waker.wake();
+                return;
+            }
             () = tokio::time::sleep(tick) => {}
         }
         let cursor = tracker.cursor.load(Ordering::Acquire);
@@ -348,6 +377,7 @@ async fn guard(
                     tracing::info!(%job_id, cursor, "cutting off a stuck watcher");
                     tracker.cut_off.store(true, Ordering::Release);
                     tracker.uncount();
+                    tracker.waker.wake();
                     return;
                 }
             }
@@ -404,7 +434,7 @@ impl Stream for WatchStream {
                 "the watcher fell too far behind; resume with after_seq={cursor}"
             )));
         }
-        if this.stopping.is_cancelled() {
+        if this.tracker.stopping.load(Ordering::Acquire) {
             let cursor = this.cursor();
             return this.end(bye(cursor));
         }
@@ -415,6 +445,7 @@ impl Stream for WatchStream {
                     this.done = true;
                     this.tracker.uncount();
                 }
+                this.sent = true;
                 let event = Arc::unwrap_or_clone(event);
                 return Poll::Ready(Some(Ok(v1::WatchProgressResponse { event: Some(event) })));
             }
@@ -465,11 +496,33 @@ impl Stream for WatchStream {
                 this.need_read = true;
                 continue;
             }
-            if this.shutdown.as_mut().poll(cx).is_ready() {
-                let cursor = this.cursor();
-                return this.end(bye(cursor));
+            this.tracker.waker.register(cx.waker());
+            if this.tracker.stopping.load(Ordering::Acquire)
+                || this.tracker.cut_off.load(Ordering::Acquire)
+            {
+                // The guard spoke between the checks above and the waker.
+                cx.waker().wake_by_ref();
+            }
+            if std::mem::take(&mut this.sent) {
+                end_turn(cx);
             }
             return Poll::Pending;
+        }
+    }
+}
+
+/// Spends what is left of the task's cooperative budget. A new event
+/// wakes every watcher of the job at once; each hands its message to its
+/// connection, which wakes the connection's task. Tokio runs a task woken
+/// that way next (its LIFO slot), so each message would go out in a write
+/// of its own. With the budget spent, the connection's task joins the back
+/// of the queue instead, behind the other watchers, and one write carries
+/// the messages of all the streams of a connection.
+fn end_turn(cx: &mut Context<'_>) {
+    while tokio::task::coop::has_budget_remaining() {
+        let spend = std::pin::pin!(tokio::task::coop::consume_budget());
+        if spend.poll(cx).is_pending() {
+            break;
         }
     }
 }

@@ -252,13 +252,17 @@ impl JobService for JobApi {
         let first = shared
             .metrics
             .store(shared.store.events(ns, &id, req.after_seq, PAGE).await)?;
-        if first.is_empty() {
+        // The newest event when the watch began: what it replays up to
+        // (never coalesced), when the first page does not reach it.
+        let mut replay_to = first.last().map_or(req.after_seq, |e| e.seq);
+        if first.is_empty() || first.len() >= PAGE {
+            let job = shared.metrics.store(shared.store.get(ns, &id).await)?;
             // Resumed after the end of a finished job: nothing is left to
             // deliver, and nothing will come.
-            let job = shared.metrics.store(shared.store.get(ns, &id).await)?;
             if is_terminal_state(job.state()) && job.last_seq <= req.after_seq {
                 return Ok(Response::new(Box::pin(tokio_stream::empty())));
             }
+            replay_to = replay_to.max(job.last_seq);
         }
         let watcher = Watcher {
             store: shared.store.clone(),
@@ -267,6 +271,7 @@ impl JobService for JobApi {
             id,
             first,
             after: req.after_seq,
+            replay_to,
             stuck_after: shared.watch_stuck_after,
             coalesce_after: shared.watch_coalesce_after,
             shutdown: shared.shutdown.clone(),
