@@ -66,8 +66,11 @@ pub struct Config {
     /// How far behind the job's newest event a WatchProgress reader may
     /// fall before it gets each run of progress as its newest (state
     /// changes are always delivered; the history asked for at the start is
-    /// replayed whole). `0s` coalesces whenever a newer progress waits.
-    #[arg(long, env = "JOBCTL_WATCH_COALESCE_AFTER", default_value = "10ms", value_parser = humantime::parse_duration)]
+    /// replayed whole; 32 waiting events make a reader behind however
+    /// recent they are). Lower keeps a reader of a busy server closer to
+    /// the live state and delivers fewer updates: `10ms` for live progress
+    /// bars; `0s` coalesces whenever a newer progress waits.
+    #[arg(long, env = "JOBCTL_WATCH_COALESCE_AFTER", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub watch_coalesce_after: Duration,
 
     /// HTTP/2 keep-alive ping interval, which keeps idle streams open through proxies.

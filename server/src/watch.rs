@@ -95,7 +95,13 @@ impl Feed {
     /// Events after `after`, in order: from the shared cache when it holds
     /// them (one store read per new event for all watchers), else from the
     /// store's history.
-    async fn read(&self, store: &dyn Store, ns: &str, id: &JobId, after: u64) -> Result<Vec<Event>> {
+    async fn read(
+        &self,
+        store: &dyn Store,
+        ns: &str,
+        id: &JobId,
+        after: u64,
+    ) -> Result<Vec<Event>> {
         let mut events = VecDeque::new();
         if self.cached_into(after, &mut events).is_some() {
             return Ok(events.into());
@@ -564,7 +570,12 @@ mod tests {
             let at = ms * i64::try_from(seq).unwrap_or(0);
             pending.push_back(event(seq, EventKind::Progress, JobState::Running, at));
         }
-        pending.push_back(event(10, EventKind::StateChanged, JobState::Succeeded, ms * 10));
+        pending.push_back(event(
+            10,
+            EventKind::StateChanged,
+            JobState::Succeeded,
+            ms * 10,
+        ));
         let mut got = Vec::new();
         while let Some(e) = pending.pop_front() {
             if !superseded(&e, &pending, live_from, coalesce_after) {
@@ -583,6 +594,11 @@ mod tests {
         assert_eq!(delivered(1, 0, after), (1..=10).collect::<Vec<_>>());
         // The replay the reader asked for is never coalesced.
         assert_eq!(delivered(100, 10, after), (1..=10).collect::<Vec<_>>());
-        assert!(is_terminal(&event(10, EventKind::StateChanged, JobState::Succeeded, 0)));
+        assert!(is_terminal(&event(
+            10,
+            EventKind::StateChanged,
+            JobState::Succeeded,
+            0
+        )));
     }
 }
