@@ -376,9 +376,8 @@ pub async fn fanout(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> 
                 .into_inner()
                 .job_id;
             let ready = Arc::new(AtomicUsize::new(0));
-            let channels: Vec<Channel> = (0..watchers.div_ceil(100))
-                .map(|_| watch_channel(&env))
-                .collect();
+            let channels: Vec<Channel> =
+                (0..watchers.div_ceil(100)).map(|_| env.channel()).collect();
             let mut tasks = JoinSet::new();
             for i in 0..watchers {
                 let mut client = JobServiceClient::new(channels[i % channels.len()].clone());
