@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -47,19 +47,23 @@ const BEHIND: usize = 32;
 type Event = Arc<v1::JobEvent>;
 
 /// The shared tail of one job's history, for the watchers in this process.
+/// One task per feed (started by its first watcher) reads each new event
+/// from the store when the job's signal says there is one, then wakes the
+/// watchers, which take what they need from the cache without waiting on
+/// each other.
 pub struct Feed {
     version: watch::Sender<FeedVersion>,
     cache: RwLock<Cache>,
-    /// One reader at a time refreshes the cache from the store.
-    refresh: tokio::sync::Mutex<()>,
+    /// Bumped each time the cache has been refreshed: what watchers wait on.
+    refreshed: watch::Sender<u64>,
+    /// Whether the refreshing task has been started.
+    refreshing: AtomicBool,
 }
 
 #[derive(Default)]
 struct Cache {
     /// Consecutive events, oldest first.
     events: VecDeque<Event>,
-    /// The feed version the cache was last filled at (to its end).
-    seen: FeedVersion,
 }
 
 impl Feed {
@@ -67,7 +71,8 @@ impl Feed {
         Feed {
             version: watch::Sender::new((0, 0)),
             cache: RwLock::new(Cache::default()),
-            refresh: tokio::sync::Mutex::new(()),
+            refreshed: watch::Sender::new(0),
+            refreshing: AtomicBool::new(false),
         }
     }
 
@@ -80,72 +85,88 @@ impl Feed {
         self.version.borrow().0
     }
 
-    /// Appends the events after `after` (at most a page) to `out` when the
-    /// cache is fresh and holds them: no await, no allocation but `out`'s.
-    /// Returns how many, or `None` when the store must be asked.
+    /// Appends the cached events after `after` (at most a page) to `out`:
+    /// no await, no allocation but `out`'s. Returns how many, or `None` when
+    /// the cache does not reach back that far (the store must be asked).
     fn cached_into(&self, after: u64, out: &mut VecDeque<Event>) -> Option<usize> {
-        let version = *self.version.borrow();
-        let cache = self.cache.read().unwrap_or_else(PoisonError::into_inner);
-        if cache.seen != version {
-            return None;
-        }
-        cache.after_into(after, out)
+        self.cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .after_into(after, out)
     }
 
-    /// Events after `after`, in order: from the shared cache when it holds
-    /// them (one store read per new event for all watchers), else from the
-    /// store's history.
-    async fn read(
+    /// Starts the task that keeps the cache up to date (once per feed),
+    /// from the events after `from`.
+    fn start_refreshing(self: &Arc<Self>, store: Arc<dyn Store>, ns: String, id: JobId, from: u64) {
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let version = self.version.subscribe();
+        tokio::spawn(refresh(Arc::downgrade(self), store, ns, id, from, version));
+    }
+
+    /// Reads the events after `from` into the cache, a page at a time, to
+    /// the end (or as far as the cache holds); `from` follows.
+    async fn refresh_once(
         &self,
         store: &dyn Store,
         ns: &str,
         id: &JobId,
-        after: u64,
-    ) -> Result<Vec<Event>> {
-        let mut events = VecDeque::new();
-        if self.cached_into(after, &mut events).is_some() {
-            return Ok(events.into());
+        from: &mut u64,
+    ) -> Result<()> {
+        for _ in 0..FEED_CACHE / PAGE {
+            let fresh = store.events(ns, id, *from, PAGE).await?;
+            let complete = fresh.len() < PAGE;
+            *from = fresh.last().map_or(*from, |e| e.seq);
+            let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
+            let follows = cache
+                .events
+                .back()
+                .is_none_or(|e| fresh.first().is_none_or(|f| f.seq == e.seq + 1));
+            if !follows {
+                cache.events.clear();
+            }
+            cache.events.extend(fresh.into_iter().map(Arc::new));
+            while cache.events.len() > FEED_CACHE {
+                cache.events.pop_front();
+            }
+            if complete {
+                break;
+            }
         }
+        Ok(())
+    }
+}
+
+/// A feed's refreshing task: once at the start, then after every signal
+/// (or poke) of the job, until the feed is dropped with its last watcher.
+async fn refresh(
+    feed: Weak<Feed>,
+    store: Arc<dyn Store>,
+    ns: String,
+    id: JobId,
+    mut from: u64,
+    mut version: watch::Receiver<FeedVersion>,
+) {
+    loop {
+        version.borrow_and_update();
         {
-            let _one = self.refresh.lock().await;
-            let version = *self.version.borrow();
-            let (seen, back) = {
-                let cache = self.cache.read().unwrap_or_else(PoisonError::into_inner);
-                (cache.seen, cache.events.back().map(|e| e.seq))
-            };
-            if seen != version {
-                // One reader refreshes the cache for everyone, a page at a
-                // time up to the end (or as far as the cache holds).
-                let mut from = back.unwrap_or(after);
-                for _ in 0..FEED_CACHE / PAGE {
-                    let fresh = store.events(ns, id, from, PAGE).await?;
-                    let complete = fresh.len() < PAGE;
-                    from = fresh.last().map_or(from, |e| e.seq);
-                    let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
-                    let follows = cache
-                        .events
-                        .back()
-                        .is_none_or(|e| fresh.first().is_none_or(|f| f.seq == e.seq + 1));
-                    if !follows {
-                        cache.events.clear();
-                    }
-                    cache.events.extend(fresh.into_iter().map(Arc::new));
-                    while cache.events.len() > FEED_CACHE {
-                        cache.events.pop_front();
-                    }
-                    if complete {
-                        cache.seen = version;
-                        break;
-                    }
-                }
+            let Some(feed) = feed.upgrade() else { return };
+            if let Err(error) = feed.refresh_once(store.as_ref(), &ns, &id, &mut from).await {
+                // The watchers read the store themselves (and meet the error
+                // there) until the next signal refreshes the cache.
+                tracing::warn!(job_id = %id, %error, "cannot read a watched job's new events");
+                feed.cache
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .events
+                    .clear();
             }
-            let cache = self.cache.read().unwrap_or_else(PoisonError::into_inner);
-            if cache.after_into(after, &mut events).is_some() {
-                return Ok(events.into());
-            }
+            feed.refreshed.send_modify(|n| *n += 1);
         }
-        let events = store.events(ns, id, after, PAGE).await?;
-        Ok(events.into_iter().map(Arc::new).collect())
+        if version.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -261,10 +282,10 @@ pub struct Watcher {
 
 type Changed = (
     std::result::Result<(), watch::error::RecvError>,
-    watch::Receiver<FeedVersion>,
+    watch::Receiver<u64>,
 );
 
-async fn changed(mut version: watch::Receiver<FeedVersion>) -> Changed {
+async fn changed(mut version: watch::Receiver<u64>) -> Changed {
     (version.changed().await, version)
 }
 
@@ -328,8 +349,14 @@ impl Watcher {
             tracing::Span::current(),
         ));
         let fetched_to = self.first.last().map_or(self.after, |e| e.seq);
+        self.feed.start_refreshing(
+            self.store.clone(),
+            self.ns.clone(),
+            self.id.clone(),
+            fetched_to,
+        );
         WatchStream {
-            version: ReusableBoxFuture::new(changed(self.feed.version.subscribe())),
+            version: ReusableBoxFuture::new(changed(self.feed.refreshed.subscribe())),
             feed: self.feed,
             store: self.store,
             ns: self.ns.into(),
@@ -477,16 +504,17 @@ impl Stream for WatchStream {
                         this.append(fresh);
                     }
                     None => {
+                        // Behind the cache: this watcher reads the history.
                         this.need_read = false;
-                        let (feed, store, ns, id, after) = (
-                            this.feed.clone(),
+                        let (store, ns, id, after) = (
                             this.store.clone(),
                             this.ns.clone(),
                             this.id.clone(),
                             this.fetched_to,
                         );
                         this.read = Some(Box::pin(async move {
-                            feed.read(store.as_ref(), &ns, &id, after).await
+                            let events = store.events(&ns, &id, after, PAGE).await?;
+                            Ok(events.into_iter().map(Arc::new).collect())
                         }));
                     }
                 }
