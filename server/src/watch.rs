@@ -1,5 +1,5 @@
 //! `WatchProgress` fan-out: every watcher of a job in this process shares
-//! one [`Feed`], which reads each new event from the store once. Each
+//! one [`Feed`], whose task reads each new event from the store once. Each
 //! watcher's response stream is a [`WatchStream`] that pulls "everything
 //! after my cursor" from the feed (or, when behind it, from the durable
 //! history) whenever the transport asks for its next message: no task and
@@ -9,7 +9,8 @@
 //! - a gap (a missed signal, a re-subscription) is filled from the history,
 //!   because a watcher always asks for "everything after my cursor";
 //! - a reader that is behind (the event it is about to get is at least
-//!   `coalesce_after` older than the newest it knows of) gets a run of
+//!   `coalesce_after` older than the newest it knows of, or 32 events wait
+//!   for it) gets a run of
 //!   progress events as its newest; every state change is kept, and the
 //!   history it asked for when it began (up to the newest event then) is
 //!   replayed whole;
