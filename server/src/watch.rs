@@ -551,8 +551,10 @@ impl Stream for WatchStream {
 /// connection, which wakes the connection's task. Tokio runs a task woken
 /// that way next (its LIFO slot), so each message would go out in a write
 /// of its own. With the budget spent, the connection's task joins the back
-/// of the queue instead, behind the other watchers, and one write carries
-/// the messages of all the streams of a connection.
+/// of the queue instead, behind other watchers, and one write carries the
+/// messages of several streams (about two per `writev` at 10,000 watchers
+/// on 100 connections, against one). This leans on tokio's scheduler for
+/// speed only: without it every message still goes out, one write each.
 fn end_turn(cx: &mut Context<'_>) {
     while tokio::task::coop::has_budget_remaining() {
         let spend = std::pin::pin!(tokio::task::coop::consume_budget());
