@@ -63,6 +63,16 @@ pub struct Config {
     #[arg(long, env = "JOBCTL_WATCH_STUCK_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub watch_stuck_timeout: Duration,
 
+    /// How far behind the job's newest event a WatchProgress reader may
+    /// fall before it gets each run of progress as its newest (state
+    /// changes are always delivered; the history asked for at the start is
+    /// replayed whole; 32 waiting events make a reader behind however
+    /// recent they are). Lower keeps a reader of a busy server closer to
+    /// the live state and delivers fewer updates: `10ms` for live progress
+    /// bars; `0s` coalesces whenever a newer progress waits.
+    #[arg(long, env = "JOBCTL_WATCH_COALESCE_AFTER", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub watch_coalesce_after: Duration,
+
     /// HTTP/2 keep-alive ping interval, which keeps idle streams open through proxies.
     #[arg(long, env = "JOBCTL_HTTP2_KEEPALIVE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub http2_keepalive: Duration,

@@ -274,6 +274,7 @@ pub async fn serve_with(
         signals,
         metrics,
         watch_stuck_after: config.watch_stuck_timeout,
+        watch_coalesce_after: config.watch_coalesce_after,
         maintenance: maintenance_waker,
         shutdown: stopping.clone(),
     });

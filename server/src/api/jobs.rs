@@ -9,18 +9,14 @@ use futures::Stream;
 use jobctl_proto::v1::{self, job_service_server::JobService};
 use tonic::{Request, Response, Status};
 
-use futures::StreamExt;
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
-use tracing::Instrument;
 
 use super::{Shared, job_id, namespace};
 use crate::auth::Role;
 use crate::error::Error;
 use crate::metrics;
 use crate::telemetry::{self, REQUEST_ID};
-use crate::watch::{STREAM_BUFFER, Watcher, is_terminal_state};
+use crate::watch::{PAGE, Watcher, is_terminal_state};
 
 /// Metadata kept with a job so the worker's span continues the submitter's trace.
 const TRACE_HEADERS: &[&str] = &["traceparent", "tracestate", REQUEST_ID];
@@ -255,45 +251,33 @@ impl JobService for JobApi {
         // Unknown jobs and trimmed resume points fail the call itself.
         let first = shared
             .metrics
-            .store(shared.store.events(ns, &id, req.after_seq, 256).await)?;
-        if first.is_empty() {
+            .store(shared.store.events(ns, &id, req.after_seq, PAGE).await)?;
+        // The newest event when the watch began: what it replays up to
+        // (never coalesced), when the first page does not reach it.
+        let mut replay_to = first.last().map_or(req.after_seq, |e| e.seq);
+        if first.is_empty() || first.len() >= PAGE {
+            let job = shared.metrics.store(shared.store.get(ns, &id).await)?;
             // Resumed after the end of a finished job: nothing is left to
             // deliver, and nothing will come.
-            let job = shared.metrics.store(shared.store.get(ns, &id).await)?;
             if is_terminal_state(job.state()) && job.last_seq <= req.after_seq {
                 return Ok(Response::new(Box::pin(tokio_stream::empty())));
             }
+            replay_to = replay_to.max(job.last_seq);
         }
         let watcher = Watcher {
             store: shared.store.clone(),
-            signals: shared.signals.clone(),
+            feed,
             ns: ns.to_owned(),
             id,
+            first,
             after: req.after_seq,
+            replay_to,
             stuck_after: shared.watch_stuck_after,
+            coalesce_after: shared.watch_coalesce_after,
             shutdown: shared.shutdown.clone(),
+            gauge: shared.metrics.watchers.clone(),
         };
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        // A stream that does not end with the terminal event ends with a
-        // status, after every event it already holds.
-        let (ending_tx, ending_rx) = oneshot::channel();
-        let metrics = shared.metrics.clone();
-        // The call's span lasts as long as the stream.
-        tokio::spawn(
-            async move {
-                metrics.watchers.inc();
-                if let Some(status) = watcher.run(first, tx).await {
-                    let _ = ending_tx.send(status);
-                }
-                metrics.watchers.dec();
-                drop(feed);
-            }
-            .instrument(tracing::Span::current()),
-        );
-        let ending =
-            futures::stream::once(ending_rx).filter_map(|r| async move { r.ok().map(Err) });
-        Ok(Response::new(Box::pin(
-            ReceiverStream::new(rx).chain(ending),
-        )))
+        // The stream pulls the events itself when the transport has room.
+        Ok(Response::new(Box::pin(watcher.start())))
     }
 }

@@ -34,6 +34,9 @@ pub struct Shared {
     pub maintenance: Arc<Waker>,
     /// How long a watcher may leave its stream full before it is cut off.
     pub watch_stuck_after: std::time::Duration,
+    /// How far behind the newest event a watcher may be before runs of
+    /// progress are coalesced for it.
+    pub watch_coalesce_after: std::time::Duration,
     /// Cancelled when the server begins to shut down: long polls end.
     pub shutdown: CancellationToken,
 }
