@@ -84,6 +84,13 @@ pub async fn submit(client: &JobClient, request: SubmitRequest) -> String {
         .job_id
 }
 
+/// Server flags for a test that counts every progress update its watchers
+/// get: a watcher that falls `--watch-coalesce-after` behind gets progress
+/// coalesced (right for the product, a flake on a loaded machine for such a
+/// test), so here no reader counts as behind by time. Fewer than 32 waiting
+/// events never make one behind either.
+pub const WATCH_EVERY_UPDATE: [&str; 2] = ["--watch-coalesce-after", "1h"];
+
 /// Opens `WatchProgress(job_id, after_seq)`, which must be accepted.
 pub async fn watch(
     client: &JobClient,

@@ -207,8 +207,9 @@ async fn server_replica_killed_with_sigkill_loses_no_jobs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn invariant_6_watch_resumed_on_another_replica_after_a_kill_misses_and_repeats_nothing() {
     let redis = RedisServer::start().await;
-    let mut doomed = ServerProcess::start(&redis.url(), &[]).await;
-    let survivor = TestServer::start(&redis, &[]).await;
+    // The live watches must see every event, however loaded the machine.
+    let mut doomed = ServerProcess::start(&redis.url(), &WATCH_EVERY_UPDATE).await;
+    let survivor = TestServer::start(&redis, &WATCH_EVERY_UPDATE).await;
     let doomed_jobs = JobServiceClient::connect(doomed.endpoint.clone())
         .await
         .expect("connect to the replica");

@@ -105,7 +105,8 @@ async fn thousand_watchers_of_one_job_get_every_event_over_the_same_redis_connec
     const CONNECTIONS: usize = 10;
     const PER_CONNECTION: usize = 100;
     let redis = RedisServer::start().await;
-    let srv = TestServer::start(&redis, &["--maintenance-interval", "1s"]).await;
+    let flags = [["--maintenance-interval", "1s"], WATCH_EVERY_UPDATE].concat();
+    let srv = TestServer::start(&redis, &flags).await;
     let id = submit(&srv.job, submit_request("crowd", "k", "x")).await;
     let leased = lease_one(&srv.worker, "crowd").await;
     // One watcher first: whatever connections a watch needs are open now.

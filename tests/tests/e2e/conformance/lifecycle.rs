@@ -685,7 +685,7 @@ async fn finished_jobs_disappear_after_their_retention(backend: Backend) {
 /// increasing sequence numbers, resumes after `after_seq`, and ends after the
 /// terminal event.
 async fn watch_progress_streams_every_event_in_order_and_ends_after_terminal(backend: Backend) {
-    let srv = TestServer::start_on(&backend, &[]).await;
+    let srv = TestServer::start_on(&backend, &WATCH_EVERY_UPDATE).await;
     let id = submit(
         &srv.job,
         SubmitRequest {

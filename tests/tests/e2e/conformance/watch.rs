@@ -109,7 +109,7 @@ async fn finished_job_with_history(srv: &TestServer, queue: &str) -> (String, Ve
 /// A watcher that joins a running job first gets what happened so far, then
 /// what happens next, in one gap-free sequence ending in the terminal event.
 async fn watch_started_mid_job_replays_history_then_streams_live_events(backend: Backend) {
-    let srv = TestServer::start_on(&backend, &[]).await;
+    let srv = TestServer::start_on(&backend, &WATCH_EVERY_UPDATE).await;
     let id = submit(&srv.job, submit_request("mid", "k", "x")).await;
     let leased = lease_one(&srv.worker, "mid").await;
     for pct in [10.0, 20.0, 30.0] {
