@@ -4,17 +4,23 @@
 
 use std::time::Duration;
 
-use jobctl_proto::v1::{LeaseRequest, WatchProgressRequest};
+use jobctl_proto::v1::LeaseRequest;
 use jobctl_tests::*;
 
-async fn info_field(redis: &RedisServer, section: &str, field: &str) -> u64 {
+/// The lines of `INFO <section>`.
+async fn info(redis: &RedisServer, section: &str) -> String {
     let mut conn = redis.conn().await;
-    let info: String = redis::cmd("INFO")
+    redis::cmd("INFO")
         .arg(section)
         .query_async(&mut conn)
         .await
-        .expect("INFO");
-    info.lines()
+        .expect("INFO")
+}
+
+async fn info_field(redis: &RedisServer, section: &str, field: &str) -> u64 {
+    info(redis, section)
+        .await
+        .lines()
         .find_map(|l| l.strip_prefix(&format!("{field}:")))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("INFO {section} has no {field}"))
@@ -30,30 +36,12 @@ async fn waiting_watchers_and_long_polls_cost_redis_no_connections_and_few_comma
     let id = submit(&srv.job, submit_request("busy", "k", "x")).await;
     // Warm up: whatever connections the server keeps are open now.
     lease(&srv.worker, "idle-0", 1).await;
-    let _ = srv
-        .job()
-        .watch_progress(WatchProgressRequest {
-            job_id: id.clone(),
-            after_seq: 0,
-        })
-        .await
-        .expect("watch")
-        .into_inner()
-        .message()
-        .await;
+    let _ = watch(&srv.job, &id, 0).await.message().await;
     let clients_before = info_field(&redis, "clients", "connected_clients").await;
 
     let mut watchers = Vec::new();
     for _ in 0..20 {
-        let mut stream = srv
-            .job()
-            .watch_progress(WatchProgressRequest {
-                job_id: id.clone(),
-                after_seq: 0,
-            })
-            .await
-            .expect("watch")
-            .into_inner();
+        let mut stream = watch(&srv.job, &id, 0).await;
         stream.message().await.expect("first event");
         watchers.push(stream);
     }
@@ -110,15 +98,7 @@ async fn thousand_watchers_of_one_job_get_every_event_over_the_same_redis_connec
     let id = submit(&srv.job, submit_request("crowd", "k", "x")).await;
     let leased = lease_one(&srv.worker, "crowd").await;
     // One watcher first: whatever connections a watch needs are open now.
-    let mut first = srv
-        .job()
-        .watch_progress(WatchProgressRequest {
-            job_id: id.clone(),
-            after_seq: 0,
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut first = watch(&srv.job, &id, 0).await;
     first.message().await.expect("watch").expect("first event");
     let clients_with_one = info_field(&redis, "clients", "connected_clients").await;
 
@@ -191,13 +171,9 @@ async fn thousand_watchers_of_one_job_get_every_event_over_the_same_redis_connec
 /// Calls of one Redis command so far (`INFO commandstats`; commands run by
 /// scripts included).
 async fn command_calls(redis: &RedisServer, command: &str) -> u64 {
-    let mut conn = redis.conn().await;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
+    info(redis, "commandstats")
         .await
-        .expect("INFO commandstats");
-    info.lines()
+        .lines()
         .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
         .and_then(|v| v.split(',').next())
         .and_then(|v| v.parse().ok())
