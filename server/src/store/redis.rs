@@ -142,35 +142,38 @@ impl RedisStore {
         })
     }
 
-    /// A Submit's answer from its job's outcome.
-    async fn submitted(
+    /// The states of the jobs the duplicates among `created` were answered
+    /// with, read in one round trip (none when there is no duplicate).
+    async fn duplicate_states(
         &self,
         ns: &str,
-        created: Created,
-        idempotency_key: Option<&str>,
-    ) -> Result<Submitted> {
-        match created {
-            Created::New { job_id, state } => Ok(Submitted {
-                job_id,
-                deduplicated: false,
-                state,
-            }),
-            Created::Duplicate { job_id } => {
-                let state = match JobId::parse(&job_id) {
-                    Ok(id) => self.state_of(ns, &id).await?,
-                    Err(_) => JobState::Unspecified,
-                };
-                Ok(Submitted {
-                    job_id,
-                    deduplicated: true,
-                    state,
-                })
-            }
-            Created::Conflict { job_id } => Err(Error::IdempotencyConflict {
-                key: idempotency_key.unwrap_or_default().to_owned(),
-                job_id,
-            }),
+        created: &[Created],
+    ) -> Result<HashMap<String, JobState>> {
+        let ids: Vec<JobId> = created
+            .iter()
+            .filter_map(|c| match c {
+                Created::Duplicate { job_id } => JobId::parse(job_id).ok(),
+                _ => None,
+            })
+            .collect();
+        if ids.is_empty() {
+            return Ok(HashMap::new());
         }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.hget(self.keys.queue(ns, id.queue()).job(id), "st");
+        }
+        let states: Vec<Option<i64>> = pipe.query_async(&mut self.conn()).await?;
+        Ok(ids
+            .iter()
+            .zip(states)
+            .map(|(id, st)| {
+                (
+                    id.to_string(),
+                    st.map_or(JobState::Unspecified, codec::state),
+                )
+            })
+            .collect())
     }
 
     pub fn keys(&self) -> &Keyspace {
@@ -208,12 +211,6 @@ impl RedisStore {
             registered.insert(qk.tag().to_owned(), std::time::Instant::now());
         }
         Ok(())
-    }
-
-    async fn state_of(&self, ns: &str, id: &JobId) -> Result<JobState> {
-        let qk = self.keys.queue(ns, id.queue());
-        let st: Option<i64> = self.conn().hget(qk.job(id), "st").await?;
-        Ok(st.map_or(JobState::Unspecified, codec::state))
     }
 
     fn lease_lock(&self, tag: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -445,8 +442,10 @@ impl Store for RedisStore {
             .coalescer
             .submit(&self.writer, &qk, job.clone())
             .await?;
-        self.submitted(ns, created, job.idempotency_key.as_deref())
-            .await
+        let states = self
+            .duplicate_states(ns, std::slice::from_ref(&created))
+            .await?;
+        submitted(created, job.idempotency_key.as_deref(), &states)
     }
 
     /// Creates several jobs of one queue in one script call, all or none.
@@ -464,14 +463,12 @@ impl Store for RedisStore {
         self.register(&qk).await?;
         match self.writer.write(&qk, jobs, false).await? {
             Ok(created) => {
-                let mut out = Vec::with_capacity(created.len());
-                for (c, job) in created.into_iter().zip(jobs) {
-                    out.push(
-                        self.submitted(ns, c, job.idempotency_key.as_deref())
-                            .await?,
-                    );
-                }
-                Ok(out)
+                let states = self.duplicate_states(ns, &created).await?;
+                created
+                    .into_iter()
+                    .zip(jobs)
+                    .map(|(c, job)| submitted(c, job.idempotency_key.as_deref(), &states))
+                    .collect()
             }
             Err(conflict) => Err(Error::IdempotencyConflict {
                 key: conflict
@@ -862,6 +859,34 @@ impl Store for RedisStore {
             failed,
             finished,
         })
+    }
+}
+
+/// A Submit's answer from its job's outcome; `states` holds the states of
+/// the jobs duplicates were answered with.
+fn submitted(
+    created: Created,
+    idempotency_key: Option<&str>,
+    states: &HashMap<String, JobState>,
+) -> Result<Submitted> {
+    match created {
+        Created::New { job_id, state } => Ok(Submitted {
+            job_id,
+            deduplicated: false,
+            state,
+        }),
+        Created::Duplicate { job_id } => Ok(Submitted {
+            state: states
+                .get(&job_id)
+                .copied()
+                .unwrap_or(JobState::Unspecified),
+            job_id,
+            deduplicated: true,
+        }),
+        Created::Conflict { job_id } => Err(Error::IdempotencyConflict {
+            key: idempotency_key.unwrap_or_default().to_owned(),
+            job_id,
+        }),
     }
 }
 

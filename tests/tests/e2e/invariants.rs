@@ -280,6 +280,10 @@ async fn invariant_9_every_transition_works_on_redis_cluster_with_one_hash_tag_p
         .expect("duplicate")
         .into_inner();
     assert!(dup.deduplicated);
+    assert_eq!(
+        (dup.job_id.as_str(), dup.state()),
+        (j1.as_str(), JobState::Queued)
+    );
     // promote
     let j2 = submit(
         &srv.job,
