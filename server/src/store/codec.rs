@@ -181,7 +181,7 @@ impl Record {
         let created: u64 = self.num("ct");
         // ra is written only once it differs from ct; ua not by a lease or
         // a completion, whose own times say it (prelude.lua).
-        let or_created = |f: &str| match self.num(f) {
+        let run_at = match self.num("ra") {
             0 => created,
             ms => ms,
         };
@@ -219,7 +219,7 @@ impl Record {
             last_seq: self.num("seq"),
             checkpoint: self.bytes("cp").map(<[u8]>::to_vec),
             created_at: timestamp(created),
-            run_at: timestamp(or_created("ra")),
+            run_at: timestamp(run_at),
             started_at: timestamp(self.num("sa")),
             finished_at: timestamp(self.num("fa")),
             updated_at: timestamp(updated),
