@@ -156,6 +156,14 @@ python_client() {
 }
 check "python client (pytest tests/python)" python_client
 
+# The Python SDK (sdk/python/check.sh): the sdist and the wheel built from it
+# (stubs generated from proto/ by the build hook), the wheel installed into
+# a fresh venv, mypy --strict over the package as shipped, and pytest
+# against the jobctl-server binary on both stores, the example apps in
+# headless Chromium included. Its pinned dependencies
+# (sdk/python/requirements-dev.txt) live in a cached venv.
+check "python sdk (wheel, mypy --strict, pytest sdk/python)" ./sdk/python/check.sh
+
 # The end-to-end tests mostly wait on timers and processes, not the CPU, so
 # they run several per core (JOBCTL_TEST_THREADS to change).
 threads="${JOBCTL_TEST_THREADS:-8}"
