@@ -187,7 +187,8 @@ def one_run(system: str, jobs: int, concurrency: int, server_bin: str) -> float:
         else:
             target = redis_url
             preload_rq(redis_url, jobs)
-        env = {**os.environ, "BENCH_JOBS": str(jobs), "PYTHONPATH": str(HERE)}
+        result = pathlib.Path(tempfile.mkdtemp(prefix="pysdk-bench-")) / "result.json"
+        env = {**os.environ, "BENCH_JOBS": str(jobs), "BENCH_OUT": str(result), "PYTHONPATH": str(HERE)}
         out = subprocess.run(
             [sys.executable, str(HERE / "drain.py"), "--child", system, "--target", target, "--concurrency", str(concurrency)],
             env=env,
@@ -195,10 +196,10 @@ def one_run(system: str, jobs: int, concurrency: int, server_bin: str) -> float:
             text=True,
             timeout=600,
         )
-        lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-        if not lines:
-            raise SystemExit(f"{system} worker reported nothing:\n{out.stdout}\n{out.stderr[-3000:]}")
-        rate: float = json.loads(lines[-1])["rate"]
+        if not result.exists():
+            raise SystemExit(f"{system} worker reported nothing:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+        rate: float = json.loads(result.read_text())["rate"]
+        shutil.rmtree(result.parent, ignore_errors=True)
         return rate
 
 

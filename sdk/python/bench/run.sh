@@ -18,4 +18,4 @@ trap 'rm -rf "$dist"' EXIT
 "$venv/bin/pip" wheel --quiet --disable-pip-version-check --no-build-isolation --no-deps -w "$dist" "$here/.."
 "$venv/bin/pip" install --quiet --disable-pip-version-check "$dist"/jobctl-*.whl
 "$venv/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps "$dist"/jobctl-*.whl
-cd "$here" && exec "$venv/bin/python" drain.py "$@"
+exec "$venv/bin/python" "$here/drain.py" "$@"
