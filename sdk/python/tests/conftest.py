@@ -147,7 +147,9 @@ class Server:
         return f"http://{self.address}"
 
 
-def start_server(tmp: pathlib.Path, store: str, redis_url: str | None, *extra: str) -> Server:
+def start_server(
+    tmp: pathlib.Path, store: str, redis_url: str | None, *extra: str, key_prefix: str | None = None
+) -> Server:
     binary = server_binary()
     assert binary.exists(), f"{binary} is missing: run cargo build --workspace --bins first"
     args = [
@@ -159,7 +161,7 @@ def start_server(tmp: pathlib.Path, store: str, redis_url: str | None, *extra: s
         *extra,
     ]  # fmt: skip
     if redis_url is not None:
-        args += ["--redis-url", redis_url, "--key-prefix", f"pysdk-{uuid.uuid4().hex[:8]}"]
+        args += ["--redis-url", redis_url, "--key-prefix", key_prefix or f"pysdk-{uuid.uuid4().hex[:8]}"]
     process = Process(args, cwd=tmp)
     marker = "jobctl-server listening on "
     deadline = time.monotonic() + READY_TIMEOUT
@@ -381,7 +383,9 @@ class Proxy:
             except OSError:
                 return
             try:
-                up = socket.create_connection(self.upstream)
+                with self.lock:
+                    upstream = self.upstream
+                up = socket.create_connection(upstream)
             except OSError:
                 down.close()
                 continue
@@ -401,6 +405,12 @@ class Proxy:
         for s in (src, dst):
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
+
+    def switch(self, upstream: str) -> None:
+        """Sends new connections to another server."""
+        host, port = upstream.rsplit(":", 1)
+        with self.lock:
+            self.upstream = (host, int(port))
 
     def cut(self) -> None:
         with self.lock:

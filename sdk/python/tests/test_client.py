@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import pathlib
 import threading
+import uuid
 
 import pytest
-from conftest import WAIT, Proxy, Server, free_port, running
+from conftest import WAIT, Proxy, Server, free_port, running, start_server
 
 import jobctl
 from jobctl import JobSpec, JobState, RetryPolicy
@@ -154,6 +156,37 @@ def test_watch_resumes_gap_free_after_the_connection_drops(server: Server, proxy
                     gate.set()
         final = direct.status(job.job_id)
     assert proxy.accepted >= 2, "the watch never reconnected"
+    assert [e.seq for e in seen] == list(range(1, final.last_seq + 1))
+    assert seen[-1].state == JobState.SUCCEEDED
+
+
+def test_a_watch_moves_to_another_replica_when_its_server_dies(
+    redis_url: str, tmp_path: pathlib.Path, queue: str
+) -> None:
+    """Two replicas on one Redis; the watcher's replica is killed mid-job
+    and its reconnect lands on the other: no event is lost or repeated."""
+    prefix = f"pysdk-{uuid.uuid4().hex[:8]}"
+    first = start_server(tmp_path, "redis", redis_url, key_prefix=prefix)
+    second = start_server(tmp_path, "redis", redis_url, key_prefix=prefix)
+    proxy = Proxy(first.address)
+    gate = threading.Event()
+    try:
+        with jobctl.Client(proxy.address) as watcher, jobctl.Client(second.url) as direct:
+            job = direct.submit(queue, "steps")
+            seen: list[jobctl.JobEvent] = []
+            with running(_progress_worker(second.url, queue, 40, gate)):
+                for event in watcher.watch(job.job_id):
+                    seen.append(event)
+                    if event.kind == jobctl.EventKind.PROGRESS and not gate.is_set():
+                        proxy.switch(second.address)
+                        first.process.stop()  # the watcher's replica dies
+                        proxy.cut()
+                        gate.set()
+            final = direct.status(job.job_id)
+    finally:
+        proxy.close()
+        first.process.stop()
+        second.process.stop()
     assert [e.seq for e in seen] == list(range(1, final.last_seq + 1))
     assert seen[-1].state == JobState.SUCCEEDED
 

@@ -279,9 +279,16 @@ class Client:
                 for response in call:
                     event = JobEvent.from_pb(response.event)
                     if resume.accept(event):
-                        yield event
                         if event.is_terminal:
+                            # The server ends the stream right after the
+                            # terminal event: read it to its end rather
+                            # than reset it (many resets on one connection
+                            # trip HTTP/2's rapid-reset guard).
+                            for _ in call:
+                                pass
+                            yield event
                             return
+                        yield event
                 error = _ended_early(job_id)
             except grpc.RpcError as failure:
                 error = from_rpc(failure)
@@ -449,9 +456,12 @@ class AsyncClient:
                 async for response in call:
                     event = JobEvent.from_pb(response.event)
                     if resume.accept(event):
-                        yield event
                         if event.is_terminal:
+                            async for _ in call:  # read to its end (see Client.watch)
+                                pass
+                            yield event
                             return
+                        yield event
                 error = _ended_early(job_id)
             except grpc.aio.AioRpcError as failure:
                 error = from_rpc(failure)

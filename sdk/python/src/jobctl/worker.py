@@ -570,6 +570,7 @@ class Worker:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             self._loop = None
+            self._stop_requested = False  # the worker can run again
 
 
 class _Run:
@@ -839,6 +840,7 @@ class _Job:
         self.last_sent: Progress | None = None
         self.backoff = _Backoff()
         self.stop_by: float | None = None
+        self.ended = False
         self.ctx = JobContext(leased, run.w.worker_id, run.loop, self.wake.set, self.checkpoint)
 
     async def run(self) -> None:
@@ -857,6 +859,7 @@ class _Job:
             ):
                 await self.attempt()
         finally:
+            self.ended = True
             if self.holds_slot:
                 self.run_.slots.release()
 
@@ -1021,6 +1024,8 @@ class _Job:
         while True:
             if self.lease_lost:
                 raise LeaseLost(f"lost the lease of job {self.job_id}")
+            if self.ended:
+                raise LeaseLost(f"job {self.job_id} is no longer running on this worker")
             self.pull_progress()
             try:
                 await self.beat(checkpoint=data)
