@@ -226,12 +226,14 @@ worker = jobctl.Worker(server, queues=[queue], concurrency=2, shutdown_grace=flo
 
 @worker.handler("finishes")
 def finishes(ctx):
+    pathlib.Path(marker + ".started").touch()
     while not pathlib.Path(marker).exists():
         time.sleep(0.01)
     return b"finished during the drain"
 
 @worker.handler("stuck")
 def stuck(ctx):
+    pathlib.Path(marker + ".started").touch()
     ctx.cancelled.wait()
     return b"never reported"
 
@@ -252,7 +254,9 @@ def run_until_sigterm(
     job = client.submit(queue, kind)
     proc = Process([sys.executable, str(script), server.url, queue, str(marker), str(grace)], cwd=tmp)
     try:
-        eventually(lambda: client.status(job.job_id).state == JobState.RUNNING, "the job to run")
+        # Its handler runs (not just its lease: a Lease answer still in
+        # flight at SIGTERM is dropped, and its jobs wait out their leases).
+        eventually(lambda: pathlib.Path(f"{marker}.started").exists(), "the handler to start")
         proc.proc.send_signal(signal.SIGTERM)
         marker.touch()
         assert proc.proc.wait(timeout=WAIT) == 0, proc.output()

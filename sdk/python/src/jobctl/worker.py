@@ -181,6 +181,7 @@ class JobContext:
         self._lock = threading.Lock()
         self._progress: Progress | None = None
         self._async_cancelled = asyncio.Event()
+        self._on_fire: Callable[[], None] | None = None
 
     @property
     def is_last_attempt(self) -> bool:
@@ -246,6 +247,8 @@ class JobContext:
         self.cancel_reason, self.cancel_message = reason, message
         self.cancelled.set()
         self._async_cancelled.set()
+        if self._on_fire is not None:
+            self._on_fire()
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
@@ -581,6 +584,7 @@ class _Run:
         self.loop = loop
         self.stop = stop
         self.abandon = asyncio.Event()
+        self.abandon_waiters: set[asyncio.Future[None]] = set()
         self.channel = worker._conn.aio_channel()
         self.stub = worker_service_pb2_grpc.WorkerServiceStub(self.channel)
         self.slots = asyncio.Semaphore(worker.concurrency)
@@ -704,6 +708,9 @@ class _Run:
             return
         log.warning("shutdown grace expired, handing back %d unfinished jobs", len(self.jobs))
         self.abandon.set()
+        for waiter in list(self.abandon_waiters):
+            if not waiter.done():
+                waiter.set_result(None)
         await asyncio.wait(set(self.jobs), timeout=RELEASE_BUDGET + 1)
         for task in list(self.jobs):
             task.cancel()
@@ -841,7 +848,8 @@ class _Job:
         self.backoff = _Backoff()
         self.stop_by: float | None = None
         self.ended = False
-        self.ctx = JobContext(leased, run.w.worker_id, run.loop, self.wake.set, self.checkpoint)
+        self.beats: asyncio.Task[None] | None = None
+        self.ctx = JobContext(leased, run.w.worker_id, run.loop, self.progressed, self.checkpoint)
 
     async def run(self) -> None:
         try:
@@ -877,15 +885,19 @@ class _Job:
         else:
             context = contextvars.copy_context()
             future = asyncio.wrap_future(self.run_.threads.submit(lambda: context.run(handler.fn, self.ctx)))
-        beats = asyncio.create_task(self.heartbeats())
+        # The heartbeat task starts when the first heartbeat is due or the
+        # handler reports progress: a short job never needs one.
+        first_beat = self.run_.loop.call_later(self.every, self.start_heartbeats)
         deadline = self.arm_deadline()
         try:
             ended = await self.wait_for_handler(future)
         finally:
-            beats.cancel()
+            first_beat.cancel()
             if deadline is not None:
                 deadline.cancel()
-            await asyncio.gather(beats, return_exceptions=True)
+            if self.beats is not None:
+                self.beats.cancel()
+                await asyncio.gather(self.beats, return_exceptions=True)
         if ended == "abandoned":
             self.ctx._fire("shutdown")
             future.cancel()
@@ -912,29 +924,55 @@ class _Job:
         if not self.lease_lost:
             await self.fail(_decide(_failure(error, handler), self.ctx, error))
 
+    def start_heartbeats(self) -> None:
+        if self.beats is None and not self.ended:
+            self.beats = asyncio.ensure_future(self.heartbeats())
+
+    def progressed(self) -> None:
+        """The handler reported progress (called on the loop)."""
+        self.start_heartbeats()
+        self.wake.set()
+
+    async def wait_any(self, future: asyncio.Future[Any], *, on_cancel: bool, until: float | None) -> None:
+        """Returns once `future` is done, the shutdown grace is over, (with
+        `on_cancel`) the job's cancellation fires, or `until` (monotonic)
+        passes. One future and a few callbacks: no task per wait."""
+        loop = self.run_.loop
+        waiter: asyncio.Future[None] = loop.create_future()
+
+        def wake(_: object = None) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        if future.done() or self.run_.abandon.is_set() or (on_cancel and self.ctx.is_cancelled()):
+            return
+        future.add_done_callback(wake)
+        self.run_.abandon_waiters.add(waiter)
+        if on_cancel:
+            self.ctx._on_fire = wake
+        timer = loop.call_later(max(0.0, until - time.monotonic()), wake) if until is not None else None
+        try:
+            await waiter
+        finally:
+            future.remove_done_callback(wake)
+            self.run_.abandon_waiters.discard(waiter)
+            self.ctx._on_fire = None
+            if timer is not None:
+                timer.cancel()
+
     async def wait_for_handler(self, future: asyncio.Future[Any]) -> str:
         """Waits for the handler, the shutdown grace, or the stop grace after
         a cancellation: `done`, `abandoned` or `overdue`."""
-        abandon = asyncio.ensure_future(self.run_.abandon.wait())
-        cancelled = asyncio.ensure_future(self.ctx.wait_cancelled())
-        try:
-            waiting: set[asyncio.Future[Any]] = {future, abandon, cancelled}
-            while True:
-                timeout = None if self.stop_by is None else max(0.0, self.stop_by - time.monotonic())
-                done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                if future in done:
-                    return "done"
-                if abandon in done:
-                    return "abandoned"
-                if cancelled in done:
-                    waiting.discard(cancelled)
-                    self.stop_by = time.monotonic() + self.run_.w.shutdown_grace
-                    continue
-                if not done:
-                    return "overdue"
-        finally:
-            abandon.cancel()
-            cancelled.cancel()
+        while True:
+            if future.done():
+                return "done"
+            if self.run_.abandon.is_set():
+                return "abandoned"
+            if self.stop_by is None and self.ctx.is_cancelled():
+                self.stop_by = time.monotonic() + self.run_.w.shutdown_grace
+            if self.stop_by is not None and time.monotonic() >= self.stop_by:
+                return "overdue"
+            await self.wait_any(future, on_cancel=self.stop_by is None, until=self.stop_by)
 
     def arm_deadline(self) -> asyncio.TimerHandle | None:
         if self.ctx.deadline is None:
@@ -1057,12 +1095,14 @@ class _Job:
             completion = _Completion(request, answer, slot=True, had_slot=True)
             self.holds_slot = False
             run.completions.put_nowait(completion)
-            abandoned, result_pb = await _race(answer, run.abandon)
+            await self.wait_any(answer, on_cancel=False, until=None)
             if completion.slot:
                 self.holds_slot = True  # not sent, or fell back: the slot is still ours
-            if abandoned:
+            if not answer.done():  # the shutdown grace is over
+                answer.cancel()
                 await run.release(self.job_id, self.token)
                 return
+            result_pb = answer.result()
             if result_pb is not None:
                 code = _code(result_pb.code)
                 if code == grpc.StatusCode.OK:
