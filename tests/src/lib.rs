@@ -29,6 +29,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod browser;
 pub mod otlp;
 pub mod panics;
 pub mod pki;

@@ -15,6 +15,7 @@
 mod auth;
 mod availability;
 mod conformance;
+mod dashboard;
 mod invariants;
 mod performance;
 mod telemetry;
