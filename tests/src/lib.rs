@@ -29,7 +29,6 @@
 
 pub mod api;
 pub mod backend;
-pub mod browser;
 pub mod otlp;
 pub mod panics;
 pub mod pki;

@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
+use crate::browser::Browser;
 use jobctl_proto::v1::{HeartbeatRequest, JobState, Progress, SubmitRequest};
-use jobctl_tests::browser::Browser;
 use jobctl_tests::*;
 use serde_json::Value;
 

@@ -14,6 +14,7 @@
 
 mod auth;
 mod availability;
+mod browser;
 mod conformance;
 mod dashboard;
 mod invariants;
