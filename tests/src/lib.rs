@@ -5,6 +5,9 @@
 //! - [`Backend`]: the store a scenario runs on, a [`RedisServer`] or the
 //!   embedded in-process store; [`conformance!`] turns a scenario into one
 //!   test per store.
+//! - [`RedisCluster`]: a Redis Cluster of such processes (3 masters with a
+//!   replica each by default), made with `CLUSTER ADDSLOTSRANGE`/`MEET`/
+//!   `REPLICATE` and ready once every node says so.
 //! - [`RedisServer`]: a `redis-server` process on a free port in its own
 //!   temporary directory (optionally under libfaketime, or in cluster mode),
 //!   killed when dropped. Each test gets its own, so tests run in parallel and
@@ -29,6 +32,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod cluster;
 pub mod otlp;
 pub mod panics;
 pub mod pki;
@@ -41,7 +45,8 @@ pub mod state;
 pub mod wait;
 
 pub use api::*;
-pub use backend::{Backend, BackendKind};
+pub use backend::{Backend, BackendKind, Scenario};
+pub use cluster::{ClusterOptions, RedisCluster, Shard};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use panics::{assert_no_panics, count_panics};
 pub use pki::{CertFiles, TestPki};

@@ -6,6 +6,7 @@
 //! (the embedded mode and the test harness). Both pass one conformance suite.
 
 mod codec;
+pub mod conn;
 mod memory;
 mod redis;
 mod scripts;
@@ -18,6 +19,7 @@ use jobctl_proto::v1::{self, JobState};
 use tokio_util::sync::CancellationToken;
 
 pub use self::codec::timestamp;
+pub use self::conn::{Target, WaitReplicas};
 pub use self::memory::MemoryStore;
 pub use self::redis::{RedisStore, StoreOptions};
 use crate::error::Result;

@@ -14,6 +14,7 @@
 
 mod auth;
 mod availability;
+mod cluster;
 mod conformance;
 mod invariants;
 mod performance;

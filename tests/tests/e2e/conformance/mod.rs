@@ -13,10 +13,10 @@
 
 mod batches;
 mod invariants;
-mod lifecycle;
+pub(crate) mod lifecycle;
 mod limits;
 mod malformed;
 mod model;
-mod watch;
+pub(crate) mod watch;
 mod worker_processes;
 mod worker_sdk;
