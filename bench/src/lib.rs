@@ -32,6 +32,9 @@ pub enum Workload {
     Memory,
     /// Redis commands/s while workers long-poll an empty queue.
     Idle,
+    /// Submit and drain over many queues on a Redis Cluster of 1 shard and
+    /// of 3 shards: jobs/s and Redis CPU per job on each shard.
+    Shards,
     /// Every workload above, in that order.
     All,
 }
@@ -78,6 +81,10 @@ pub struct Options {
     #[arg(long)]
     pub duration: Option<f64>,
 
+    /// Queues of the shards workload (spread over the shards by name).
+    #[arg(long, default_value_t = 12)]
+    pub queues: usize,
+
     /// Long-polling workers of the idle workload.
     #[arg(long, default_value_t = 100)]
     pub idle_workers: usize,
@@ -122,6 +129,7 @@ pub fn workload_name(w: Workload) -> &'static str {
         Workload::Fanout => "fanout",
         Workload::Memory => "memory",
         Workload::Idle => "idle",
+        Workload::Shards => "shards",
         Workload::All => "all",
     }
 }
@@ -136,6 +144,7 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Metri
         Workload::Fanout,
         Workload::Memory,
         Workload::Idle,
+        Workload::Shards,
     ];
     let chosen: Vec<Workload> = match options.workload {
         Workload::All => all.to_vec(),
@@ -151,6 +160,7 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Metri
             Workload::Fanout => workloads::fanout(options, progress).await?,
             Workload::Memory => workloads::memory(options, progress).await?,
             Workload::Idle => workloads::idle(options, progress).await?,
+            Workload::Shards => workloads::shards(options, progress).await?,
             Workload::All => Vec::new(),
         };
         metrics.extend(found);

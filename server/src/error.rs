@@ -72,10 +72,12 @@ impl From<redis::RedisError> for Error {
         use redis::{ErrorKind, ServerErrorKind as S};
         // A cluster without a master for the slot, or whose slot is still
         // moving after every retry (a failover under way), a node still
-        // loading, a former master now a replica: all pass.
+        // loading, a former master now a replica, Sentinels that name no
+        // master answering as one (a failover under way): all pass.
         let passing = matches!(
             e.kind(),
             ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::MasterNameNotFoundBySentinel
                 | ErrorKind::Server(
                     S::ClusterDown
                         | S::TryAgain

@@ -8,6 +8,8 @@
 //! - [`RedisCluster`]: a Redis Cluster of such processes (3 masters with a
 //!   replica each by default), made with `CLUSTER ADDSLOTSRANGE`/`MEET`/
 //!   `REPLICATE` and ready once every node says so.
+//! - [`RedisSentinels`]: a master, its replica and three
+//!   `redis-server --sentinel` processes watching it.
 //! - [`RedisServer`]: a `redis-server` process on a free port in its own
 //!   temporary directory (optionally under libfaketime, or in cluster mode),
 //!   killed when dropped. Each test gets its own, so tests run in parallel and
@@ -39,6 +41,7 @@ pub mod pki;
 pub mod process;
 pub mod raw;
 pub mod redis_server;
+pub mod sentinel;
 pub mod server;
 pub mod snapshot;
 pub mod state;
@@ -53,6 +56,7 @@ pub use pki::{CertFiles, TestPki};
 pub use process::{ServerProcess, WorkerProcess, server_binary};
 pub use raw::{METHODS, RawCodec, send_raw};
 pub use redis_server::{RedisOptions, RedisServer};
+pub use sentinel::RedisSentinels;
 pub use server::TestServer;
 pub use snapshot::{Snapshot, StoredValue};
 pub use state::StateSnapshot;

@@ -27,6 +27,9 @@ pub struct RedisOptions {
     /// With `cluster`: a node that owns no slots yet, for a
     /// [`RedisCluster`](crate::RedisCluster) to join.
     pub cluster_member: bool,
+    /// Run as a Sentinel (`redis-server <dir>/sentinel.conf --sentinel`)
+    /// with this configuration (its `sentinel monitor …` lines).
+    pub sentinel_config: Option<String>,
     /// More `redis-server` arguments (for example `--tls-port` and its
     /// certificates; the plain port stays open for the harness).
     pub extra_args: Vec<String>,
@@ -202,6 +205,14 @@ impl RedisServer {
             .map_err(|e| format!("open redis log: {e}"))?;
         let log_err = log.try_clone().map_err(|e| e.to_string())?;
         let mut command = Command::new(binary);
+        if let Some(config) = &self.options.sentinel_config {
+            // A Sentinel rewrites its file: written once, kept on restart.
+            let path = self.dir.path().join("sentinel.conf");
+            if !path.exists() {
+                std::fs::write(&path, config).map_err(|e| format!("write sentinel.conf: {e}"))?;
+            }
+            command.arg(&path).arg("--sentinel");
+        }
         command
             .current_dir(self.dir.path())
             .args(["--port", &self.port.to_string()])

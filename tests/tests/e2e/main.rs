@@ -18,4 +18,5 @@ mod cluster;
 mod conformance;
 mod invariants;
 mod performance;
+mod sentinel;
 mod telemetry;
