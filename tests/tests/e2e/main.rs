@@ -14,8 +14,10 @@
 
 mod auth;
 mod availability;
+mod browser;
 mod cluster;
 mod conformance;
+mod dashboard;
 mod invariants;
 mod performance;
 mod sentinel;
