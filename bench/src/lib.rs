@@ -32,6 +32,10 @@ pub enum Workload {
     Memory,
     /// Redis commands/s while workers long-poll an empty queue.
     Idle,
+    /// ListJobs page time with 1,000,000 jobs in the queue: the newest
+    /// page, a page deep in a time range, one state's small set, and a
+    /// filter that matches nothing (a full scan-limited page).
+    List,
     /// Every workload above, in that order.
     All,
 }
@@ -49,7 +53,7 @@ pub struct Options {
     pub runs: usize,
 
     /// Jobs per run: drain 100,000; submit 20,000 single and 100,000
-    /// batched; memory 1,000,000; round trip 2,000.
+    /// batched; memory 1,000,000; list 1,000,000; round trip 2,000.
     #[arg(long)]
     pub jobs: Option<usize>,
 
@@ -122,6 +126,7 @@ pub fn workload_name(w: Workload) -> &'static str {
         Workload::Fanout => "fanout",
         Workload::Memory => "memory",
         Workload::Idle => "idle",
+        Workload::List => "list",
         Workload::All => "all",
     }
 }
@@ -136,6 +141,7 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Metri
         Workload::Fanout,
         Workload::Memory,
         Workload::Idle,
+        Workload::List,
     ];
     let chosen: Vec<Workload> = match options.workload {
         Workload::All => all.to_vec(),
@@ -151,6 +157,7 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Metri
             Workload::Fanout => workloads::fanout(options, progress).await?,
             Workload::Memory => workloads::memory(options, progress).await?,
             Workload::Idle => workloads::idle(options, progress).await?,
+            Workload::List => workloads::list(options, progress).await?,
             Workload::All => Vec::new(),
         };
         metrics.extend(found);

@@ -23,6 +23,11 @@ pub struct Config {
     #[arg(long, env = "JOBCTL_HTTP_LISTEN", default_value = "0.0.0.0:9090")]
     pub http_listen: SocketAddr,
 
+    /// Serve the operations dashboard on the HTTP port at `/dashboard/`
+    /// (with authentication on, it asks for an operator's API key or JWT).
+    #[arg(long, env = "JOBCTL_DASHBOARD")]
+    pub dashboard: bool,
+
     /// Redis URL (`redis://[user:pass@]host:port[/db]`).
     #[arg(long, env = "JOBCTL_REDIS_URL")]
     pub redis_url: Option<String>,
@@ -212,6 +217,11 @@ pub struct Limits {
     /// Events kept per job (older ones are trimmed).
     #[arg(long, env = "JOBCTL_EVENT_HISTORY_MAX", default_value_t = 10_000)]
     pub event_history_max: u32,
+
+    /// Most jobs one ListJobs or PurgeJobs page looks at: a page that finds
+    /// fewer matches comes back short, with a cursor (like Redis SCAN).
+    #[arg(long, env = "JOBCTL_LIST_SCAN_LIMIT", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub list_scan_limit: u32,
 }
 
 /// TLS to Redis (`rediss://` URLs).
