@@ -8,6 +8,7 @@
 mod codec;
 mod memory;
 mod redis;
+mod schedules;
 mod scripts;
 mod submits;
 
@@ -20,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 pub use self::codec::timestamp;
 pub use self::memory::MemoryStore;
 pub use self::redis::{RedisStore, StoreOptions};
+pub use self::schedules::{
+    Due, Fire, FireAction, Fired, Run, ScheduleId, ScheduleRecord, ScheduleStore,
+};
 use crate::error::Result;
 use crate::keys::JobId;
 use crate::model::NewJob;
@@ -101,6 +105,9 @@ pub struct Maintained {
 /// another namespace is not found. Each operation is atomic.
 #[tonic::async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// The store's schedules (`store/schedules.rs`).
+    fn schedules(&self) -> &dyn ScheduleStore;
+
     /// Answers once the store can serve.
     async fn ping(&self) -> Result<()>;
 

@@ -12,6 +12,8 @@ use redis::{AsyncCommands, Value};
 
 use tokio_util::sync::CancellationToken;
 
+mod schedules;
+
 use super::codec::{self, Record, Reply, encode_map};
 use super::scripts::Scripts;
 use super::submits::{Coalescer, Created, Writer};
@@ -313,6 +315,10 @@ impl RedisStore {
 
 #[tonic::async_trait]
 impl Store for RedisStore {
+    fn schedules(&self) -> &dyn super::ScheduleStore {
+        self
+    }
+
     /// Every known `(namespace, queue)`.
     async fn queues(&self) -> Result<Vec<(String, String)>> {
         let tags: Vec<String> = self.conn().smembers(self.keys.registry()).await?;

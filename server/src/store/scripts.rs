@@ -26,6 +26,8 @@ pub struct Scripts {
     pub requeue: Script,
     pub expire: Script,
     pub events: Script,
+    pub fire: Script,
+    pub schedule: Script,
 }
 
 impl Scripts {
@@ -44,6 +46,8 @@ impl Scripts {
             requeue: script!("requeue.lua"),
             expire: script!("expire.lua"),
             events: script!("events.lua"),
+            fire: script!("fire.lua"),
+            schedule: script!("schedule.lua"),
         }
     }
 }

@@ -17,6 +17,7 @@ mod lifecycle;
 mod limits;
 mod malformed;
 mod model;
+mod schedules;
 mod watch;
 mod worker_processes;
 mod worker_sdk;
