@@ -32,6 +32,9 @@ pub enum Workload {
     Memory,
     /// Redis commands/s while workers long-poll an empty queue.
     Idle,
+    /// `--jobs` every-second schedules (10,000): fire lag and Redis CPU per
+    /// fire.
+    Schedules,
     /// Every workload above, in that order.
     All,
 }
@@ -122,6 +125,7 @@ pub fn workload_name(w: Workload) -> &'static str {
         Workload::Fanout => "fanout",
         Workload::Memory => "memory",
         Workload::Idle => "idle",
+        Workload::Schedules => "schedules",
         Workload::All => "all",
     }
 }
@@ -136,6 +140,7 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Metri
         Workload::Fanout,
         Workload::Memory,
         Workload::Idle,
+        Workload::Schedules,
     ];
     let chosen: Vec<Workload> = match options.workload {
         Workload::All => all.to_vec(),
@@ -151,6 +156,7 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Metri
             Workload::Fanout => workloads::fanout(options, progress).await?,
             Workload::Memory => workloads::memory(options, progress).await?,
             Workload::Idle => workloads::idle(options, progress).await?,
+            Workload::Schedules => workloads::schedules(options, progress).await?,
             Workload::All => Vec::new(),
         };
         metrics.extend(found);

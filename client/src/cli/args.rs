@@ -235,6 +235,10 @@ pub enum Command {
     /// it was CANCELLED.
     #[command(after_help = WATCH_HELP)]
     Watch(WatchArgs),
+
+    /// Periodic schedules: create, list, get, pause, resume, trigger, delete.
+    #[command(subcommand)]
+    Schedule(super::schedule::ScheduleCommand),
 }
 
 /// `jobctl watch`.

@@ -17,4 +17,5 @@ mod availability;
 mod conformance;
 mod invariants;
 mod performance;
+mod schedules;
 mod telemetry;
