@@ -212,6 +212,11 @@ pub struct Limits {
     /// Events kept per job (older ones are trimmed).
     #[arg(long, env = "JOBCTL_EVENT_HISTORY_MAX", default_value_t = 10_000)]
     pub event_history_max: u32,
+
+    /// Most jobs one ListJobs or PurgeJobs page looks at: a page that finds
+    /// fewer matches comes back short, with a cursor (like Redis SCAN).
+    #[arg(long, env = "JOBCTL_LIST_SCAN_LIMIT", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub list_scan_limit: u32,
 }
 
 /// TLS to Redis (`rediss://` URLs).

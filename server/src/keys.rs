@@ -13,6 +13,8 @@
 //! <prefix>:{<ns>:<queue>}:active       zset    RUNNING, by lease expiry
 //! <prefix>:{<ns>:<queue>}:dead         zset    FAILED (dead letters), by failure time
 //! <prefix>:{<ns>:<queue>}:done         zset    every finished job, by expiry time
+//! <prefix>:{<ns>:<queue>}:all          zset    every job, score 0: by id (ListJobs)
+//! <prefix>:{<ns>:<queue>}:paused       string  "1" while the queue is paused
 //! <prefix>:{<ns>:<queue>}:seq          string  FIFO counter of the ready set
 //! <prefix>:{<ns>:<queue>}:idem:<key>   hash    an idempotency key's job and request hash
 //! <prefix>:{<ns>:<queue>}:schedules    zset    the queue's schedules, by when to look at each next
@@ -167,6 +169,15 @@ impl QueueKeys {
     }
     pub fn done(&self) -> String {
         format!("{}done", self.base)
+    }
+    /// Every job of the queue by id (score 0, so ordered by the ULID:
+    /// creation order, which never changes); walked by ListJobs.
+    pub fn all(&self) -> String {
+        format!("{}all", self.base)
+    }
+    /// Present while the queue is paused.
+    pub fn paused(&self) -> String {
+        format!("{}paused", self.base)
     }
     pub fn seq(&self) -> String {
         format!("{}seq", self.base)

@@ -102,6 +102,10 @@ fn timestamp(field: &'static str, t: &prost_types::Timestamp) -> Result<SystemTi
     SystemTime::try_from(*t).map_err(|_| invalid(field, "is not a valid timestamp"))
 }
 
+mod listing;
+
+pub use listing::page_token;
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 /// Every jobctl RPC's path, and whether it is server-streaming.
-pub const METHODS: [(&str, bool); 14] = [
+pub const METHODS: [(&str, bool); 21] = [
     ("/jobctl.v1.JobService/Submit", false),
     ("/jobctl.v1.JobService/GetStatus", false),
     ("/jobctl.v1.JobService/Cancel", false),
@@ -26,6 +26,13 @@ pub const METHODS: [(&str, bool); 14] = [
     ("/jobctl.v1.AdminService/GetQueueStats", false),
     ("/jobctl.v1.JobService/SubmitBatch", false),
     ("/jobctl.v1.WorkerService/CompleteBatch", false),
+    ("/jobctl.v1.AdminService/ListJobs", false),
+    ("/jobctl.v1.AdminService/ListQueues", false),
+    ("/jobctl.v1.AdminService/PauseQueue", false),
+    ("/jobctl.v1.AdminService/ResumeQueue", false),
+    ("/jobctl.v1.AdminService/DeleteJob", false),
+    ("/jobctl.v1.AdminService/PurgeJobs", false),
+    ("/jobctl.v1.AdminService/RequeueFailed", false),
 ];
 
 /// A codec that sends and receives raw bytes, so a test can put any bytes

@@ -29,7 +29,7 @@ pub fn encode_map(map: &BTreeMap<String, String>) -> Vec<u8> {
     .encode_to_vec()
 }
 
-fn decode_map(bytes: &[u8]) -> Result<HashMap<String, String>> {
+pub(super) fn decode_map(bytes: &[u8]) -> Result<HashMap<String, String>> {
     let map = StringMap::decode(bytes).map_err(|e| Error::Corrupt(format!("string map: {e}")))?;
     Ok(map.entries.into_iter().collect())
 }

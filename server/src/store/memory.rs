@@ -23,6 +23,7 @@ use crate::keys::{JobId, queue_tag};
 use crate::model::{Backoff, NewJob};
 use crate::signals::Signals;
 
+mod admin;
 mod schedules;
 
 /// The in-process job store.
@@ -56,6 +57,10 @@ struct Queue {
     dead: BTreeSet<(u64, String)>,
     /// (expires at, id).
     done: BTreeSet<(u64, String)>,
+    /// Every job's id (ListJobs walks it).
+    all: BTreeSet<String>,
+    /// No leases while set (PauseQueue).
+    paused: bool,
 }
 
 struct Job {
@@ -460,6 +465,7 @@ impl MemoryStore {
             ready_key: None,
         };
         let queue = state.queue(ns, new.queue());
+        queue.all.insert(job.id.to_string());
         if job.state == JobState::Scheduled {
             queue.sched.insert((run_at, job.id.to_string()));
         } else {
@@ -638,6 +644,9 @@ impl Store for MemoryStore {
         let Some(queue) = queues.get_mut(&queue_tag(ns, queue_name)) else {
             return Ok(Vec::new());
         };
+        if queue.paused {
+            return Ok(Vec::new());
+        }
         let nonce = format!("{:016x}", rand::random::<u64>());
         let mut out = Vec::new();
         while out.len() < max {
@@ -868,6 +877,7 @@ impl Store for MemoryStore {
             running: count(|q| q.active.len()),
             failed: count(|q| q.dead.len()),
             finished: count(|q| q.done.len()),
+            paused: q.is_some_and(|q| q.paused),
         })
     }
 
@@ -961,6 +971,7 @@ impl Store for MemoryStore {
                     break;
                 }
                 queue.done.pop_first();
+                queue.all.remove(&id);
                 if let Some(job) = jobs.remove(&(ns.to_owned(), id.clone())) {
                     queue.dead.remove(&(job.finished, id));
                 }
@@ -1006,5 +1017,70 @@ impl Store for MemoryStore {
     async fn relay_signals(&self, _signals: Arc<Signals>, shutdown: CancellationToken) {
         // Every transition signals directly; no other process shares this store.
         shutdown.cancelled().await;
+    }
+
+    async fn list_jobs(&self, ns: &str, query: &super::ListQuery) -> Result<super::ListPage> {
+        let state = self.state();
+        let (ids, next) = admin::walk(&state, ns, query);
+        let jobs = ids
+            .iter()
+            .filter_map(|id| state.jobs.get(&(ns.to_owned(), id.clone())))
+            .map(Job::to_proto)
+            .collect();
+        Ok(super::ListPage { jobs, next })
+    }
+
+    async fn set_paused(&self, ns: &str, queue: &str, paused: bool) -> Result<()> {
+        self.state().queue(ns, queue).paused = paused;
+        if !paused {
+            self.wake(ns, queue);
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, ns: &str, id: &JobId) -> Result<()> {
+        admin::delete(&mut self.state(), ns, id)
+    }
+
+    async fn purge(&self, ns: &str, query: &super::ListQuery) -> Result<(u64, Option<String>)> {
+        let mut state = self.state();
+        let (ids, next) = admin::walk(&state, ns, query);
+        let mut deleted = 0;
+        for id in ids {
+            if let Ok(id) = JobId::parse(&id)
+                && admin::delete(&mut state, ns, &id).is_ok()
+            {
+                deleted += 1;
+            }
+        }
+        Ok((deleted, next))
+    }
+
+    async fn requeue_failed(&self, ns: &str, queue: &str, limit: usize) -> Result<(u64, u64)> {
+        let ids: Vec<String> = {
+            let state = self.state();
+            let Some(q) = state.queues.get(&queue_tag(ns, queue)) else {
+                return Ok((0, 0));
+            };
+            q.dead
+                .iter()
+                .take(limit)
+                .map(|(_, id)| id.clone())
+                .collect()
+        };
+        let mut requeued = 0;
+        for id in ids {
+            if let Ok(id) = JobId::parse(&id)
+                && self.requeue(ns, &id).await.is_ok()
+            {
+                requeued += 1;
+            }
+        }
+        let remaining = self
+            .state()
+            .queues
+            .get(&queue_tag(ns, queue))
+            .map_or(0, |q| q.dead.len() as u64);
+        Ok((requeued, remaining))
     }
 }

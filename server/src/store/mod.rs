@@ -6,6 +6,7 @@
 //! (the embedded mode and the test harness). Both pass one conformance suite.
 
 mod codec;
+pub mod listing;
 mod memory;
 mod redis;
 mod schedules;
@@ -19,6 +20,7 @@ use jobctl_proto::v1::{self, JobState};
 use tokio_util::sync::CancellationToken;
 
 pub use self::codec::timestamp;
+pub use self::listing::{ListPage, ListQuery};
 pub use self::memory::MemoryStore;
 pub use self::redis::{RedisStore, StoreOptions};
 pub use self::schedules::{
@@ -196,8 +198,26 @@ pub trait Store: Send + Sync + 'static {
         offset: usize,
     ) -> Result<(Vec<v1::Job>, Option<usize>)>;
 
-    /// Counts a queue's jobs by state.
+    /// Counts a queue's jobs by state (and says whether it is paused).
     async fn queue_stats(&self, ns: &str, queue: &str) -> Result<v1::GetQueueStatsResponse>;
+
+    /// One page of a walk over a queue's jobs (see [`listing`]).
+    async fn list_jobs(&self, ns: &str, query: &ListQuery) -> Result<ListPage>;
+
+    /// Pauses (no leases) or resumes a queue; resuming wakes its workers.
+    async fn set_paused(&self, ns: &str, queue: &str, paused: bool) -> Result<()>;
+
+    /// Deletes a finished job with its history; `FAILED_PRECONDITION` for
+    /// one that has not finished.
+    async fn delete(&self, ns: &str, id: &JobId) -> Result<()>;
+
+    /// Deletes the finished jobs of one page of a walk (`query.states` are
+    /// finished states); returns how many, and where the walk goes on.
+    async fn purge(&self, ns: &str, query: &ListQuery) -> Result<(u64, Option<String>)>;
+
+    /// Re-queues up to `limit` dead letters of a queue, oldest first;
+    /// returns how many, and how many are left.
+    async fn requeue_failed(&self, ns: &str, queue: &str, limit: usize) -> Result<(u64, u64)>;
 
     /// One maintenance pass over every queue: promote due scheduled jobs,
     /// reap expired leases, delete finished jobs past their retention.

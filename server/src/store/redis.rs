@@ -25,6 +25,8 @@ use crate::keys::{JobId, Keyspace, QueueKeys};
 use crate::model::NewJob;
 use crate::signals::Signals;
 
+mod admin;
+
 /// How many times one Lease tries again after losing every candidate to
 /// other replicas before it answers empty-handed.
 const LEASE_RACES: usize = 64;
@@ -301,6 +303,7 @@ impl RedisStore {
                 let mut inv = self.scripts.expire.prepare_invoke();
                 inv.key(qk.done()).key(qk.dead());
                 with_job_keys(&mut inv, &qk, &to_expire);
+                inv.key(qk.all());
                 with_ids(&mut inv, &to_expire);
                 let n: u64 = inv.invoke_async(&mut conn).await?;
                 out.expired += n;
@@ -551,11 +554,15 @@ impl Store for RedisStore {
             let mut inv = self.scripts.lease.prepare_invoke();
             inv.key(qk.ready()).key(qk.active());
             with_job_keys(&mut inv, &qk, &ids);
+            inv.key(qk.paused());
             inv.arg(worker_id).arg(&nonce).arg(self.cap());
             with_ids(&mut inv, &ids);
             let value: Value = inv.invoke_async(&mut conn).await?;
-            let Value::Array(entries) = value else {
-                return Err(Error::Corrupt("unexpected lease reply".into()));
+            let entries = match value {
+                Value::Array(entries) => entries,
+                // A paused queue hands out nothing (PauseQueue).
+                Value::BulkString(_) | Value::SimpleString(_) => return Ok(Vec::new()),
+                _ => return Err(Error::Corrupt("unexpected lease reply".into())),
             };
             let jobs = entries
                 .iter()
@@ -848,15 +855,22 @@ impl Store for RedisStore {
     /// Counts a queue's jobs by state.
     async fn queue_stats(&self, ns: &str, queue: &str) -> Result<v1::GetQueueStatsResponse> {
         let qk = self.keys.queue(ns, queue);
-        let (scheduled, queued, running, failed, finished): (u64, u64, u64, u64, u64) =
-            redis::pipe()
-                .zcard(qk.sched())
-                .zcard(qk.ready())
-                .zcard(qk.active())
-                .zcard(qk.dead())
-                .zcard(qk.done())
-                .query_async(&mut self.conn())
-                .await?;
+        let (scheduled, queued, running, failed, finished, paused): (
+            u64,
+            u64,
+            u64,
+            u64,
+            u64,
+            bool,
+        ) = redis::pipe()
+            .zcard(qk.sched())
+            .zcard(qk.ready())
+            .zcard(qk.active())
+            .zcard(qk.dead())
+            .zcard(qk.done())
+            .exists(qk.paused())
+            .query_async(&mut self.conn())
+            .await?;
         Ok(v1::GetQueueStatsResponse {
             queue: queue.to_owned(),
             scheduled,
@@ -864,7 +878,28 @@ impl Store for RedisStore {
             running,
             failed,
             finished,
+            paused,
         })
+    }
+
+    async fn list_jobs(&self, ns: &str, query: &super::ListQuery) -> Result<super::ListPage> {
+        self.list_jobs_page(ns, query).await
+    }
+
+    async fn set_paused(&self, ns: &str, queue: &str, paused: bool) -> Result<()> {
+        self.set_queue_paused(ns, queue, paused).await
+    }
+
+    async fn delete(&self, ns: &str, id: &JobId) -> Result<()> {
+        self.delete_job(ns, id).await
+    }
+
+    async fn purge(&self, ns: &str, query: &super::ListQuery) -> Result<(u64, Option<String>)> {
+        self.purge_page(ns, query).await
+    }
+
+    async fn requeue_failed(&self, ns: &str, queue: &str, limit: usize) -> Result<(u64, u64)> {
+        self.requeue_dead(ns, queue, limit).await
     }
 }
 

@@ -26,6 +26,8 @@ pub struct Scripts {
     pub requeue: Script,
     pub expire: Script,
     pub events: Script,
+    pub delete: Script,
+    pub resume: Script,
     pub fire: Script,
     pub schedule: Script,
 }
@@ -46,6 +48,8 @@ impl Scripts {
             requeue: script!("requeue.lua"),
             expire: script!("expire.lua"),
             events: script!("events.lua"),
+            delete: script!("delete.lua"),
+            resume: script!("resume.lua"),
             fire: script!("fire.lua"),
             schedule: script!("schedule.lua"),
         }

@@ -83,6 +83,7 @@ impl Writer {
         for key in jobs.iter().filter_map(|j| j.idempotency_key.as_deref()) {
             inv.key(qk.idempotency(key));
         }
+        inv.key(qk.all());
         inv.arg(self.idempotency_ttl_ms.max(1))
             .arg(&self.wake_channel)
             .arg(qk.tag())

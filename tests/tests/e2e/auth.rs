@@ -12,9 +12,10 @@ use jobctl_proto::v1::admin_service_client::AdminServiceClient;
 use jobctl_proto::v1::job_service_client::JobServiceClient;
 use jobctl_proto::v1::worker_service_client::WorkerServiceClient;
 use jobctl_proto::v1::{
-    CancelRequest, CompleteBatchRequest, GetQueueStatsRequest, GetStatusRequest, JobState,
-    LeaseRequest, LeasedJob, ListFailedRequest, ReleaseRequest, RequeueRequest, SubmitBatchRequest,
-    WatchProgressRequest,
+    CancelRequest, CompleteBatchRequest, DeleteJobRequest, GetQueueStatsRequest, GetStatusRequest,
+    JobFilter, JobState, LeaseRequest, LeasedJob, ListFailedRequest, ListJobsRequest,
+    ListQueuesRequest, PauseQueueRequest, PurgeJobsRequest, ReleaseRequest, RequeueFailedRequest,
+    RequeueRequest, ResumeQueueRequest, SubmitBatchRequest, WatchProgressRequest,
 };
 use jobctl_tests::*;
 use jobctl_worker::{JobContext, Worker};
@@ -164,11 +165,18 @@ enum Rpc {
     GetQueueStats,
     SubmitBatch,
     CompleteBatch,
+    ListJobs,
+    ListQueues,
+    PauseQueue,
+    ResumeQueue,
+    DeleteJob,
+    PurgeJobs,
+    RequeueFailed,
 }
 
 impl Rpc {
     /// In the order of `jobctl_tests::METHODS`.
-    const ALL: [Rpc; 14] = [
+    const ALL: [Rpc; 21] = [
         Rpc::Submit,
         Rpc::GetStatus,
         Rpc::Cancel,
@@ -183,6 +191,13 @@ impl Rpc {
         Rpc::GetQueueStats,
         Rpc::SubmitBatch,
         Rpc::CompleteBatch,
+        Rpc::ListJobs,
+        Rpc::ListQueues,
+        Rpc::PauseQueue,
+        Rpc::ResumeQueue,
+        Rpc::DeleteJob,
+        Rpc::PurgeJobs,
+        Rpc::RequeueFailed,
     ];
 
     /// The role the RPC needs.
@@ -197,7 +212,16 @@ impl Rpc {
             | Rpc::CompleteBatch
             | Rpc::Fail
             | Rpc::Release => "worker",
-            Rpc::ListFailed | Rpc::Requeue | Rpc::GetQueueStats => "operator",
+            Rpc::ListFailed
+            | Rpc::Requeue
+            | Rpc::GetQueueStats
+            | Rpc::ListJobs
+            | Rpc::ListQueues
+            | Rpc::PauseQueue
+            | Rpc::ResumeQueue
+            | Rpc::DeleteJob
+            | Rpc::PurgeJobs
+            | Rpc::RequeueFailed => "operator",
         }
     }
 
@@ -205,7 +229,17 @@ impl Rpc {
     fn names_a_job(self) -> bool {
         !matches!(
             self,
-            Rpc::Submit | Rpc::SubmitBatch | Rpc::Lease | Rpc::ListFailed | Rpc::GetQueueStats
+            Rpc::Submit
+                | Rpc::SubmitBatch
+                | Rpc::Lease
+                | Rpc::ListFailed
+                | Rpc::GetQueueStats
+                | Rpc::ListJobs
+                | Rpc::ListQueues
+                | Rpc::PauseQueue
+                | Rpc::ResumeQueue
+                | Rpc::PurgeJobs
+                | Rpc::RequeueFailed
         )
     }
 }
@@ -458,6 +492,92 @@ async fn call(c: &Caller, rpc: Rpc, t: &Targets) -> Result<(), Status> {
             // Tenant B never uses queue `dead`; tenant A has a dead letter there.
             if stats.queued + stats.running + stats.failed + stats.finished + stats.scheduled > 0 {
                 return leak("stats");
+            }
+            Ok(())
+        }
+        Rpc::ListJobs => {
+            let page = c
+                .admin
+                .clone()
+                .list_jobs(ListJobsRequest {
+                    queue: "dead".into(),
+                    filter: Some(JobFilter::default()),
+                    page_size: 100,
+                    ..ListJobsRequest::default()
+                })
+                .await?
+                .into_inner();
+            if page.jobs.is_empty() {
+                Ok(())
+            } else {
+                leak("list jobs")
+            }
+        }
+        Rpc::ListQueues => {
+            let queues = c
+                .admin
+                .clone()
+                .list_queues(ListQueuesRequest {})
+                .await?
+                .into_inner()
+                .queues;
+            // Tenant B never uses queue `dead`; tenant A has a dead letter there.
+            if queues.iter().any(|q| q.queue == "dead") {
+                return leak("list queues");
+            }
+            Ok(())
+        }
+        Rpc::PauseQueue => c
+            .admin
+            .clone()
+            .pause_queue(PauseQueueRequest {
+                queue: "run".into(),
+            })
+            .await
+            .map(drop),
+        Rpc::ResumeQueue => c
+            .admin
+            .clone()
+            .resume_queue(ResumeQueueRequest {
+                queue: "run".into(),
+            })
+            .await
+            .map(drop),
+        Rpc::DeleteJob => c
+            .admin
+            .clone()
+            .delete_job(DeleteJobRequest {
+                job_id: t.failed.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::PurgeJobs => {
+            let r = c
+                .admin
+                .clone()
+                .purge_jobs(PurgeJobsRequest {
+                    queue: "dead".into(),
+                    ..PurgeJobsRequest::default()
+                })
+                .await?
+                .into_inner();
+            if r.deleted > 0 {
+                return leak("purge");
+            }
+            Ok(())
+        }
+        Rpc::RequeueFailed => {
+            let r = c
+                .admin
+                .clone()
+                .requeue_failed(RequeueFailedRequest {
+                    queue: "dead".into(),
+                    limit: 10,
+                })
+                .await?
+                .into_inner();
+            if r.requeued + r.remaining > 0 {
+                return leak("requeue failed");
             }
             Ok(())
         }
@@ -1267,7 +1387,10 @@ async fn oversized_nested_and_huge_header_requests_are_refused_without_a_panic()
                                 | Code::ResourceExhausted
                         ) => {}
                     // Fields that happen to decode into an empty request.
-                    Ok(()) if method.ends_with("Lease") || method.ends_with("Stats") => {}
+                    Ok(())
+                        if method.ends_with("Lease")
+                            || method.ends_with("Stats")
+                            || method.ends_with("ListQueues") => {}
                     other => problems.push(format!("{who} {method} with {what}: {other:?}")),
                 }
             }
@@ -1470,7 +1593,7 @@ const MINIMAL_ACL: &str = "on >s3cret-jobctl-pass resetkeys ~jobctl:* resetchann
     &jobctl:{*}:ev:* -@all +ping +time +evalsha +script|load +zrange +zrevrange +zcard \
     +xrange +exists +hget +hgetall +sadd +smembers +subscribe +psubscribe +unsubscribe \
     +punsubscribe +del +hdel +hincrby +hmget +hset +incr +persist +pexpire +publish +xadd \
-    +zadd +zrem +zscore +incrby +zmscore";
+    +zadd +zrem +zscore +incrby +zmscore +set";
 
 async fn add_acl_user(redis: &RedisServer, user: &str, rules: &str) {
     let mut conn = redis.conn().await;
@@ -1581,6 +1704,40 @@ async fn a_minimal_acl_redis_user_runs_the_whole_lifecycle() {
         })
         .await
         .expect("stats");
+    // The operators' calls: pause, resume, list, delete.
+    srv.admin()
+        .pause_queue(PauseQueueRequest {
+            queue: "acl".into(),
+        })
+        .await
+        .expect("pause");
+    srv.admin()
+        .resume_queue(ResumeQueueRequest {
+            queue: "acl".into(),
+        })
+        .await
+        .expect("resume");
+    let listed = srv
+        .admin()
+        .list_jobs(ListJobsRequest {
+            queue: "acl".into(),
+            filter: Some(JobFilter {
+                states: vec![JobState::Succeeded.into()],
+                ..JobFilter::default()
+            }),
+            ..ListJobsRequest::default()
+        })
+        .await
+        .expect("list jobs")
+        .into_inner()
+        .jobs;
+    let first = listed.first().expect("a finished job of acl");
+    srv.admin()
+        .delete_job(DeleteJobRequest {
+            job_id: first.id.clone(),
+        })
+        .await
+        .expect("delete");
     // Retention: the finished job is deleted by the maintenance pass.
     eventually("the finished job expires", Duration::from_secs(20), || {
         let job = job.clone();

@@ -1,12 +1,13 @@
 -- lease: claims the candidate jobs (read from the head of the ready set by
 -- the caller) that are still ready, and starts an attempt of each.
 -- KEYS[1] queue ready set   KEYS[2] queue active set
--- KEYS[3..] per candidate: job hash, job events
+-- KEYS[3..] per candidate: job hash, job events; last, the queue's paused flag
 -- ARGV[1] worker id   ARGV[2] token nonce   ARGV[3] event cap
 -- ARGV[4..] candidate job ids, in the order of KEYS
 -- Returns one entry per claimed job: {id, token, attempt, lease expires ms,
 -- deadline ms (0: none), kind, payload, max attempts, checkpoint or nil,
--- labels, trace context, lease ttl ms, ms it waited ready}
+-- labels, trace context, lease ttl ms, ms it waited ready}; or 'paused'
+if redis.call('EXISTS', KEYS[#KEYS]) == 1 then return 'paused' end
 local now = now_ms()
 local nows = fmt(now)
 local ids = {}

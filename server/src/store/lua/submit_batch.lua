@@ -8,7 +8,7 @@
 -- checked for existence.
 -- KEYS[1] queue ready set   KEYS[2] queue sched   KEYS[3] queue seq
 -- KEYS[4..3+N] the N jobs' hashes, then the idempotency records of the
---   jobs that have a key, in the same order
+--   jobs that have a key, in the same order; last, the queue's all index
 -- ARGV[1] idempotency ttl ms   ARGV[2] wake channel   ARGV[3] wake message
 -- ARGV[4] '1' when the jobs are independent   ARGV[5] N, the number of jobs
 -- ARGV[6..] per job, in the order of KEYS: job id, request hash ('' when
@@ -56,6 +56,7 @@ local now = now_ms()
 local nows = fmt(now)
 local out = {}
 local ready, ready_pr = {}, {}
+local all = { 'ZADD', KEYS[#KEYS] }
 local sched = { 'ZADD', KEYS[2] }
 a = 6
 for i = 1, n do
@@ -77,6 +78,8 @@ for i = 1, n do
       ready[#ready + 1] = id
       ready_pr[#ready_pr + 1] = tonumber(ARGV[a + 4])
     end
+    all[#all + 1] = '0'
+    all[#all + 1] = id
     out[i] = state
   end
   a = last + 1
@@ -93,4 +96,5 @@ if #ready > 0 then
   redis.call('PUBLISH', ARGV[2], ARGV[3])
 end
 if #sched > 2 then redis.call(unpack(sched)) end
+if #all > 2 then redis.call(unpack(all)) end
 return { 'ok', out }

@@ -11,6 +11,7 @@
 //! replicas killed), `invariants` (8: Redis's clock, 9: Redis Cluster) and
 //! `performance` (Redis connections and commands).
 
+mod admin;
 mod batches;
 mod invariants;
 mod lifecycle;
