@@ -35,6 +35,10 @@ pub enum Workload {
     /// `--jobs` every-second schedules (10,000): fire lag and Redis CPU per
     /// fire.
     Schedules,
+    /// ListJobs page time with 1,000,000 jobs in the queue: the newest
+    /// page, a page deep in a time range, one state's small set, and a
+    /// filter that matches nothing (a full scan-limited page).
+    List,
     /// Every workload above, in that order.
     All,
 }
@@ -52,7 +56,7 @@ pub struct Options {
     pub runs: usize,
 
     /// Jobs per run: drain 100,000; submit 20,000 single and 100,000
-    /// batched; memory 1,000,000; round trip 2,000.
+    /// batched; memory 1,000,000; list 1,000,000; round trip 2,000.
     #[arg(long)]
     pub jobs: Option<usize>,
 
@@ -126,6 +130,7 @@ pub fn workload_name(w: Workload) -> &'static str {
         Workload::Memory => "memory",
         Workload::Idle => "idle",
         Workload::Schedules => "schedules",
+        Workload::List => "list",
         Workload::All => "all",
     }
 }
@@ -141,6 +146,7 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Metri
         Workload::Memory,
         Workload::Idle,
         Workload::Schedules,
+        Workload::List,
     ];
     let chosen: Vec<Workload> = match options.workload {
         Workload::All => all.to_vec(),
@@ -157,6 +163,7 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Metri
             Workload::Memory => workloads::memory(options, progress).await?,
             Workload::Idle => workloads::idle(options, progress).await?,
             Workload::Schedules => workloads::schedules(options, progress).await?,
+            Workload::List => workloads::list(options, progress).await?,
             Workload::All => Vec::new(),
         };
         metrics.extend(found);

@@ -11,8 +11,8 @@ use jobctl_proto::v1::admin_service_client::AdminServiceClient;
 use jobctl_proto::v1::job_service_client::JobServiceClient;
 use jobctl_proto::v1::worker_service_client::WorkerServiceClient;
 use jobctl_proto::v1::{
-    CompleteRequest, EventKind, JobState, LeaseRequest, SubmitBatchRequest, SubmitRequest,
-    WatchProgressRequest,
+    CompleteRequest, EventKind, JobFilter, JobState, LeaseRequest, ListJobsRequest, ListOrder,
+    SubmitBatchRequest, SubmitRequest, WatchProgressRequest,
 };
 use jobctl_worker::{JobContext, Worker};
 use tokio::sync::Semaphore;
@@ -628,6 +628,88 @@ pub async fn idle(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> {
     stop.cancel();
     workers.join_all().await;
     Ok(vec![rate])
+}
+
+/// ListJobs page times (50 jobs a page) with `--jobs` (1,000,000) jobs in
+/// one queue, a few hundred of them running.
+pub async fn list(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> {
+    let n = o.jobs.unwrap_or(1_000_000);
+    let env = Env::start(o).await?;
+    let started = Instant::now();
+    preload(&env, "list", n / 2).await?;
+    let middle = SystemTime::now();
+    preload(&env, "list", n - n / 2).await?;
+    progress(&format!(
+        "list: {n} jobs queued in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+    let mut worker = WorkerServiceClient::new(env.channel());
+    worker
+        .lease(LeaseRequest {
+            worker_id: "bench-list".into(),
+            queues: vec!["list".into()],
+            max_jobs: 300,
+            wait: None,
+        })
+        .await
+        .map_err(err("lease"))?;
+    let mut admin = AdminServiceClient::new(env.channel());
+    let request = |filter: JobFilter| ListJobsRequest {
+        queue: "list".into(),
+        filter: Some(filter),
+        order: ListOrder::NewestFirst.into(),
+        page_size: 50,
+        page_token: String::new(),
+    };
+    let cases = [
+        ("newest_page", request(JobFilter::default())),
+        (
+            "page_before_the_middle",
+            request(JobFilter {
+                created_before: Some(prost_types::Timestamp::from(middle)),
+                ..JobFilter::default()
+            }),
+        ),
+        (
+            "running_page",
+            request(JobFilter {
+                states: vec![JobState::Running.into()],
+                ..JobFilter::default()
+            }),
+        ),
+        (
+            "no_match_scan_page",
+            request(JobFilter {
+                kind: "nothing-has-this-kind".into(),
+                ..JobFilter::default()
+            }),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (name, req) in cases {
+        let mut metric = Metric::new("list", &format!("{name}_p50_at_{n}"), "ms");
+        for run in 0..o.runs {
+            let mut h = histogram();
+            let mut listed = 0;
+            for _ in 0..50 {
+                let t = Instant::now();
+                let page = admin
+                    .list_jobs(req.clone())
+                    .await
+                    .map_err(err("list jobs"))?
+                    .into_inner();
+                let _ = h.record(t.elapsed().as_micros() as u64);
+                listed = page.jobs.len();
+            }
+            let p50 = quantile_ms(&h, 0.5);
+            progress(&format!(
+                "list run {run}: {name} p50 {p50:.3} ms ({listed} jobs a page)"
+            ));
+            metric.values.push(p50);
+        }
+        out.push(metric);
+    }
+    Ok(out)
 }
 
 /// `schedules`: `--jobs` schedules (10,000 by default) firing every second

@@ -48,7 +48,7 @@ async fn submit_and_drain_measure_rates_and_redis_commands() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn roundtrip_fanout_memory_and_idle_report_their_quantities() {
+async fn roundtrip_fanout_memory_idle_and_list_report_their_quantities() {
     let rt = run(Workload::Roundtrip).await;
     assert!(find(&rt, "p99").median() >= find(&rt, "p50").median());
     let fan = run(Workload::Fanout).await;
@@ -57,4 +57,6 @@ async fn roundtrip_fanout_memory_and_idle_report_their_quantities() {
     assert!(find(&mem, "redis_bytes_per_queued_job").median() > 0.0);
     let idle = run(Workload::Idle).await;
     assert!(find(&idle, "redis_commands_per_sec").median() >= 0.0);
+    let list = run(Workload::List).await;
+    assert!(find(&list, "newest_page_p50_at_100").median() > 0.0);
 }

@@ -235,6 +235,70 @@ impl Client {
             .into_inner())
     }
 
+    /// One page of a queue's jobs, as `AdminService.ListJobs` walks them
+    /// (filters, order and cursor in `request`; `next_page_token` empty
+    /// when the walk is over).
+    pub async fn list_jobs(&self, request: pb::ListJobsRequest) -> Result<pb::ListJobsResponse> {
+        Ok(self.admin_service().list_jobs(request).await?.into_inner())
+    }
+
+    /// Every queue of the caller's namespace with its counts.
+    pub async fn list_queues(&self) -> Result<Vec<pb::GetQueueStatsResponse>> {
+        Ok(self
+            .admin_service()
+            .list_queues(pb::ListQueuesRequest {})
+            .await?
+            .into_inner()
+            .queues)
+    }
+
+    /// Pauses a queue: it hands out no leases until resumed.
+    pub async fn pause_queue(&self, queue: &str) -> Result<()> {
+        let request = pb::PauseQueueRequest {
+            queue: queue.to_owned(),
+        };
+        self.admin_service().pause_queue(request).await?;
+        Ok(())
+    }
+
+    /// Resumes a paused queue.
+    pub async fn resume_queue(&self, queue: &str) -> Result<()> {
+        let request = pb::ResumeQueueRequest {
+            queue: queue.to_owned(),
+        };
+        self.admin_service().resume_queue(request).await?;
+        Ok(())
+    }
+
+    /// Deletes a finished job and its history.
+    pub async fn delete_job(&self, job_id: &str) -> Result<()> {
+        let request = pb::DeleteJobRequest {
+            job_id: job_id.to_owned(),
+        };
+        self.admin_service().delete_job(request).await?;
+        Ok(())
+    }
+
+    /// Deletes one page of finished jobs matching `request`'s filter.
+    pub async fn purge_jobs(&self, request: pb::PurgeJobsRequest) -> Result<pb::PurgeJobsResponse> {
+        Ok(self.admin_service().purge_jobs(request).await?.into_inner())
+    }
+
+    /// Re-queues up to `limit` dead letters (0: the server's default);
+    /// returns how many were re-queued and how many are left.
+    pub async fn requeue_failed(&self, queue: &str, limit: u32) -> Result<(u64, u64)> {
+        let request = pb::RequeueFailedRequest {
+            queue: queue.to_owned(),
+            limit,
+        };
+        let r = self
+            .admin_service()
+            .requeue_failed(request)
+            .await?
+            .into_inner();
+        Ok((r.requeued, r.remaining))
+    }
+
     /// Follows a job's events after `after_seq` (0 for all of them): first
     /// its history, then live, ending after the terminal event (SUCCEEDED,
     /// FAILED or CANCELLED). A broken stream is resumed transparently with

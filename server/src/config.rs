@@ -23,6 +23,11 @@ pub struct Config {
     #[arg(long, env = "JOBCTL_HTTP_LISTEN", default_value = "0.0.0.0:9090")]
     pub http_listen: SocketAddr,
 
+    /// Serve the operations dashboard on the HTTP port at `/dashboard/`
+    /// (with authentication on, it asks for an operator's API key or JWT).
+    #[arg(long, env = "JOBCTL_DASHBOARD")]
+    pub dashboard: bool,
+
     /// Redis URL (`redis://[user:pass@]host:port[/db]`).
     #[arg(long, env = "JOBCTL_REDIS_URL")]
     pub redis_url: Option<String>,

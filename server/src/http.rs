@@ -1,5 +1,6 @@
 //! The HTTP side port (`--http-listen`): `/metrics` for Prometheus,
-//! `/healthz` (the process is up) and `/readyz` (the store answers).
+//! `/healthz` (the process is up) and `/readyz` (the store answers); and
+//! the dashboard (`crate::dashboard`) when `--dashboard` is set.
 
 use std::sync::Arc;
 
@@ -50,13 +51,17 @@ pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    dashboard: Option<Router>,
     shutdown: CancellationToken,
 ) {
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(Http { store, metrics });
+    if let Some(dashboard) = dashboard {
+        app = app.merge(dashboard);
+    }
     if let Err(error) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

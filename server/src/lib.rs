@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod health;
 pub mod http;
@@ -234,14 +235,6 @@ pub async fn serve_with(
         let (store, signals, stopping) = (store.clone(), signals.clone(), stopping.clone());
         background.spawn(async move { store.relay_signals(signals, stopping).await });
     }
-    if let Some(http_listener) = http_listener {
-        background.spawn(http::serve(
-            http_listener,
-            store.clone(),
-            metrics.clone(),
-            stopping.clone(),
-        ));
-    }
     background.spawn(maintenance::run(
         store.clone(),
         metrics.clone(),
@@ -294,6 +287,18 @@ pub async fn serve_with(
         maintenance: maintenance_waker,
         shutdown: stopping.clone(),
     });
+    if let Some(http_listener) = http_listener {
+        let dashboard = config
+            .dashboard
+            .then(|| dashboard::router(shared.clone(), authenticator.clone()));
+        background.spawn(http::serve(
+            http_listener,
+            shared.store.clone(),
+            shared.metrics.clone(),
+            dashboard,
+            stopping.clone(),
+        ));
+    }
     // Requests above the largest payload a limit allows, plus headroom for
     // the other fields, are refused by the transport.
     let max_message = config

@@ -239,6 +239,99 @@ pub enum Command {
     /// Periodic schedules: create, list, get, pause, resume, trigger, delete.
     #[command(subcommand)]
     Schedule(super::schedule::ScheduleCommand),
+    /// Search a queue's jobs.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+
+    /// Pause or resume a queue.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+}
+
+/// `jobctl jobs …`.
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List a queue's jobs, newest first, filtered by state, kind, labels
+    /// and creation time.
+    ///
+    /// A page looks at a bounded number of jobs, so with a rare filter a
+    /// page may be short or empty and still have a next one: --all follows
+    /// them. When more pages remain, the token of the next one is printed
+    /// on stderr. JSON output: an array of job objects.
+    #[command(after_help = JSON_JOB_HELP)]
+    List(Box<JobsListArgs>),
+
+    /// Delete a finished job and its history.
+    ///
+    /// JSON output: {"job_id", "deleted": true}.
+    Delete { job_id: String },
+}
+
+/// `jobctl jobs list`.
+#[derive(Debug, Args)]
+pub struct JobsListArgs {
+    pub queue: String,
+    /// Only jobs in this state (repeat for several): scheduled, queued,
+    /// running, succeeded, failed, cancelled.
+    #[arg(long = "state", value_name = "STATE", value_parser = parse_state)]
+    pub states: Vec<i32>,
+    /// Only jobs of this kind.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only jobs with this label (repeat: all must match).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Only jobs created at or after this time (RFC 3339).
+    #[arg(long, value_parser = parse_time, value_name = "TIME")]
+    pub after: Option<SystemTime>,
+    /// Only jobs created before this time (RFC 3339).
+    #[arg(long, value_parser = parse_time, value_name = "TIME")]
+    pub before: Option<SystemTime>,
+    /// Oldest first instead of newest first.
+    #[arg(long)]
+    pub oldest_first: bool,
+    /// Jobs per page, 1 to 1000 (default: the server's, 50).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: Option<u32>,
+    /// Continue from a previous listing's next-page token.
+    #[arg(long, value_name = "TOKEN")]
+    pub page_token: Option<String>,
+    /// Follow every page instead of printing one.
+    #[arg(long, conflicts_with = "page_token")]
+    pub all: bool,
+}
+
+/// `jobctl queue …`.
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Stop handing out the queue's jobs (running ones go on; submits are
+    /// still accepted).
+    ///
+    /// JSON output: {"queue", "paused": true}.
+    Pause { queue: String },
+    /// Hand out the queue's jobs again.
+    ///
+    /// JSON output: {"queue", "paused": false}.
+    Resume { queue: String },
+    /// Every queue with its counts and whether it is paused.
+    ///
+    /// JSON output: an array of {"queue", "scheduled", "queued", "running",
+    /// "failed", "finished", "paused"}.
+    List,
+}
+
+/// A job state by name, any case, with or without `JOB_STATE_`.
+pub fn parse_state(s: &str) -> Result<i32, String> {
+    let upper = s.trim().to_ascii_uppercase();
+    let name = upper.trim_start_matches("JOB_STATE_");
+    jobctl_client::proto::v1::JobState::from_str_name(&format!("JOB_STATE_{name}"))
+        .filter(|s| *s != jobctl_client::proto::v1::JobState::Unspecified)
+        .map(|s| s as i32)
+        .ok_or_else(|| {
+            format!(
+                "{s:?} is not a state (scheduled, queued, running, succeeded, failed, cancelled)"
+            )
+        })
 }
 
 /// `jobctl watch`.

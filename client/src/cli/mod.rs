@@ -13,8 +13,9 @@ use clap::Parser as _;
 use jobctl_client::Client;
 use serde_json::Value;
 
-use args::{Cli, Command, ConnectArgs, Output, PayloadSource};
+use args::{Cli, Command, ConnectArgs, JobsCommand, Output, PayloadSource, QueueCommand};
 use error::CliError;
+use jobctl_client::proto::v1 as pb;
 
 /// What a command prints: its answer on stdout, and perhaps a note for
 /// people on stderr (such as the next page token).
@@ -186,6 +187,88 @@ async fn run(cli: Cli) -> Result<Printed, CliError> {
         }
         Command::Schedule(command) => {
             schedule::run(command, &cli.server, &cli.connection, output).await
+        }
+        Command::Jobs(JobsCommand::List(args)) => {
+            let client = connect(&cli.server, &cli.connection).await?;
+            let args = *args;
+            let filter = pb::JobFilter {
+                states: args.states,
+                kind: args.kind.unwrap_or_default(),
+                labels: args.labels.into_iter().collect(),
+                created_after: args.after.map(prost_types::Timestamp::from),
+                created_before: args.before.map(prost_types::Timestamp::from),
+            };
+            let order = if args.oldest_first {
+                pb::ListOrder::OldestFirst
+            } else {
+                pb::ListOrder::NewestFirst
+            };
+            let mut token = args.page_token.unwrap_or_default();
+            let mut jobs = Vec::new();
+            loop {
+                let page = client
+                    .list_jobs(pb::ListJobsRequest {
+                        queue: args.queue.clone(),
+                        filter: Some(filter.clone()),
+                        order: order.into(),
+                        page_size: args.limit.unwrap_or(0),
+                        page_token: token,
+                    })
+                    .await?;
+                jobs.extend(page.jobs);
+                token = page.next_page_token;
+                if !args.all || token.is_empty() {
+                    break;
+                }
+            }
+            let mut printed = Printed::new(
+                output,
+                || render::jobs_table(&args.queue, &jobs),
+                || render::jobs_json(&jobs),
+            );
+            if !token.is_empty() {
+                printed.note = Some(format!("more: --page-token {token}"));
+            }
+            Ok(printed)
+        }
+        Command::Jobs(JobsCommand::Delete { job_id }) => {
+            let client = connect(&cli.server, &cli.connection).await?;
+            client
+                .delete_job(&job_id)
+                .await
+                .map_err(CliError::about_job(&job_id))?;
+            Ok(Printed::new(
+                output,
+                || format!("deleted job {job_id}\n"),
+                || serde_json::json!({ "job_id": job_id, "deleted": true }),
+            ))
+        }
+        Command::Queue(QueueCommand::Pause { queue }) => {
+            let client = connect(&cli.server, &cli.connection).await?;
+            client.pause_queue(&queue).await?;
+            Ok(Printed::new(
+                output,
+                || format!("paused queue {queue}\n"),
+                || serde_json::json!({ "queue": queue, "paused": true }),
+            ))
+        }
+        Command::Queue(QueueCommand::Resume { queue }) => {
+            let client = connect(&cli.server, &cli.connection).await?;
+            client.resume_queue(&queue).await?;
+            Ok(Printed::new(
+                output,
+                || format!("resumed queue {queue}\n"),
+                || serde_json::json!({ "queue": queue, "paused": false }),
+            ))
+        }
+        Command::Queue(QueueCommand::List) => {
+            let client = connect(&cli.server, &cli.connection).await?;
+            let queues = client.list_queues().await?;
+            Ok(Printed::new(
+                output,
+                || render::queues_table(&queues),
+                || serde_json::Value::Array(queues.iter().map(render::stats_json).collect()),
+            ))
         }
         Command::Stats { queue } => {
             let client = connect(&cli.server, &cli.connection).await?;

@@ -75,8 +75,8 @@ pub fn requeue_json(job_id: &str, state: JobState) -> Value {
 
 pub fn stats_human(s: &GetQueueStatsResponse) -> String {
     format!(
-        "queue      {}\nscheduled  {}\nqueued     {}\nrunning    {}\nfailed     {}\nfinished   {}\n",
-        s.queue, s.scheduled, s.queued, s.running, s.failed, s.finished
+        "queue      {}\nscheduled  {}\nqueued     {}\nrunning    {}\nfailed     {}\nfinished   {}\npaused     {}\n",
+        s.queue, s.scheduled, s.queued, s.running, s.failed, s.finished, s.paused
     )
 }
 
@@ -88,6 +88,7 @@ pub fn stats_json(s: &GetQueueStatsResponse) -> Value {
         "running": s.running,
         "failed": s.failed,
         "finished": s.finished,
+        "paused": s.paused,
     })
 }
 
@@ -385,14 +386,19 @@ pub fn failed_table(queue: &str, jobs: &[Job]) -> String {
             error,
         ]);
     }
-    let mut widths = [0usize; 5];
-    for row in &rows {
+    table(&rows)
+}
+
+/// Rows as columns padded to their widest cell (the last is not padded).
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for row in &rows {
+    for row in rows {
         let mut line = String::new();
         for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
             if i + 1 == row.len() {
@@ -405,6 +411,56 @@ pub fn failed_table(queue: &str, jobs: &[Job]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `jobctl jobs list`: one line per job.
+pub fn jobs_table(queue: &str, jobs: &[Job]) -> String {
+    if jobs.is_empty() {
+        return format!("no matching jobs in queue '{queue}' on this page\n");
+    }
+    let header = ["ID", "KIND", "STATE", "ATTEMPTS", "CREATED", "PROGRESS"].map(str::to_owned);
+    let mut rows = vec![header];
+    for job in jobs {
+        rows.push([
+            job.id.clone(),
+            job.kind.clone(),
+            state_name(job.state),
+            format!("{}/{}", job.attempt, job.max_attempts),
+            job.created_at.map(|t| t.to_string()).unwrap_or_default(),
+            job.progress.as_ref().map(progress_text).unwrap_or_default(),
+        ]);
+    }
+    table(&rows)
+}
+
+/// `jobctl queue list`.
+pub fn queues_table(queues: &[GetQueueStatsResponse]) -> String {
+    if queues.is_empty() {
+        return "no queues\n".to_owned();
+    }
+    let header = [
+        "QUEUE",
+        "SCHEDULED",
+        "QUEUED",
+        "RUNNING",
+        "FAILED",
+        "FINISHED",
+        "STATUS",
+    ]
+    .map(str::to_owned);
+    let mut rows = vec![header];
+    for q in queues {
+        rows.push([
+            q.queue.clone(),
+            q.scheduled.to_string(),
+            q.queued.to_string(),
+            q.running.to_string(),
+            q.failed.to_string(),
+            q.finished.to_string(),
+            if q.paused { "paused" } else { "active" }.to_owned(),
+        ]);
+    }
+    table(&rows)
 }
 
 pub fn jobs_json(jobs: &[Job]) -> Value {

@@ -14,7 +14,9 @@
 
 mod auth;
 mod availability;
+mod browser;
 mod conformance;
+mod dashboard;
 mod invariants;
 mod performance;
 mod schedules;
