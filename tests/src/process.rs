@@ -271,7 +271,20 @@ pub fn server_binary() -> PathBuf {
             };
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-            let status = std::process::Command::new(&cargo)
+            let mut build = std::process::Command::new(&cargo);
+            // The test runner gives this process the tests package's build
+            // variables (CARGO_MANIFEST_DIR, CARGO_PKG_*, OUT_DIR, …). Build
+            // scripts watch some of them (`rerun-if-env-changed`: ring's
+            // does), so a cargo that inherits them rebuilds those crates and
+            // everything above them, and the next plain build rebuilds them
+            // back: minutes on 2 cores, inside a test's time limit.
+            for (name, _) in std::env::vars_os() {
+                let Some(name) = name.to_str() else { continue };
+                if is_package_build_var(name) {
+                    build.env_remove(name);
+                }
+            }
+            let status = build
                 .args(["build", "--quiet", "--workspace", "--bins"])
                 .arg("--manifest-path")
                 .arg(&manifest)
@@ -291,4 +304,44 @@ pub fn server_binary() -> PathBuf {
             binary
         })
         .clone()
+}
+
+/// A variable cargo sets for the crate it builds or runs (not one of its
+/// configuration variables such as `CARGO_HOME` or `CARGO_BUILD_JOBS`).
+fn is_package_build_var(name: &str) -> bool {
+    const PREFIXES: &[&str] = &["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_", "CARGO_CFG_"];
+    const NAMES: &[&str] = &[
+        "OUT_DIR",
+        "CARGO_CRATE_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+    ];
+    NAMES.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_package_build_var;
+
+    #[test]
+    fn only_the_tested_packages_build_variables_are_dropped() {
+        for name in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "OUT_DIR",
+            "CARGO_BIN_EXE_jobctl",
+        ] {
+            assert!(is_package_build_var(name), "{name}");
+        }
+        for name in [
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_JOBS",
+            "PATH",
+            "CARGO",
+        ] {
+            assert!(!is_package_build_var(name), "{name}");
+        }
+    }
 }

@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use jobctl_proto::v1::JobState;
 use redis::Value;
-use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{self, Reply};
+use super::conn::RedisConn;
 use super::redis::job_fields;
 use crate::error::{Error, Result};
 use crate::keys::QueueKeys;
@@ -59,9 +59,8 @@ pub struct BatchConflict {
 /// What writing jobs needs, cloned into each queue's writer task.
 #[derive(Clone)]
 pub struct Writer {
-    pub conn: ConnectionManager,
+    pub conn: RedisConn,
     pub script: redis::Script,
-    pub wake_channel: String,
     pub idempotency_ttl_ms: u64,
 }
 
@@ -85,7 +84,7 @@ impl Writer {
         }
         inv.key(qk.all());
         inv.arg(self.idempotency_ttl_ms.max(1))
-            .arg(&self.wake_channel)
+            .arg(qk.wake_channel())
             .arg(qk.tag())
             .arg(if independent { "1" } else { "0" })
             .arg(jobs.len());

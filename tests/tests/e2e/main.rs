@@ -15,9 +15,11 @@
 mod auth;
 mod availability;
 mod browser;
+mod cluster;
 mod conformance;
 mod dashboard;
 mod invariants;
 mod performance;
 mod schedules;
+mod sentinel;
 mod telemetry;

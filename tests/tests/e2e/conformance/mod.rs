@@ -14,11 +14,11 @@
 mod admin;
 mod batches;
 mod invariants;
-mod lifecycle;
+pub(crate) mod lifecycle;
 mod limits;
 mod malformed;
 mod model;
 mod schedules;
-mod watch;
+pub(crate) mod watch;
 mod worker_processes;
 mod worker_sdk;

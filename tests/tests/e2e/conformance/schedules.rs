@@ -171,8 +171,8 @@ async fn two_replicas_make_one_job_per_fire_time(backend: Backend) {
     // The embedded store is one process's: one replica is all it has.
     let a = TestServer::start_on(&backend, &[]).await;
     let b = match backend.kind() {
-        BackendKind::Redis => Some(TestServer::start_on(&backend, &[]).await),
         BackendKind::Embedded => None,
+        _ => Some(TestServer::start_on(&backend, &[]).await),
     };
     let spec = ScheduleSpec {
         overlap: OverlapPolicy::Allow.into(),
