@@ -46,7 +46,7 @@ local function make()
   local state = create_job(KEYS[4], id, KEYS[7], ARGV[19], '0', 20, #ARGV, now, nows, nil)
   if state == S_QUEUED then
     enqueue(KEYS[4], KEYS[6], KEYS[8], id)
-    redis.call('PUBLISH', ARGV[13], ARGV[14])
+    redis.call(PUBLISH, ARGV[13], ARGV[14])
   end
   if keyed then
     redis.call('HSET', KEYS[5], 'id', id, 'h', ARGV[18])
