@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "jobctl/v1/job_service.proto",
     "jobctl/v1/worker_service.proto",
     "jobctl/v1/admin_service.proto",
+    "jobctl/v1/schedule_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

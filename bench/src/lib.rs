@@ -32,6 +32,9 @@ pub enum Workload {
     Memory,
     /// Redis commands/s while workers long-poll an empty queue.
     Idle,
+    /// `--jobs` every-second schedules (10,000): fire lag and Redis CPU per
+    /// fire.
+    Schedules,
     /// ListJobs page time with 1,000,000 jobs in the queue: the newest
     /// page, a page deep in a time range, one state's small set, and a
     /// filter that matches nothing (a full scan-limited page).
@@ -133,6 +136,7 @@ pub fn workload_name(w: Workload) -> &'static str {
         Workload::Fanout => "fanout",
         Workload::Memory => "memory",
         Workload::Idle => "idle",
+        Workload::Schedules => "schedules",
         Workload::List => "list",
         Workload::Shards => "shards",
         Workload::All => "all",
@@ -149,6 +153,7 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Metri
         Workload::Fanout,
         Workload::Memory,
         Workload::Idle,
+        Workload::Schedules,
         Workload::List,
         Workload::Shards,
     ];
@@ -166,6 +171,7 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Metri
             Workload::Fanout => workloads::fanout(options, progress).await?,
             Workload::Memory => workloads::memory(options, progress).await?,
             Workload::Idle => workloads::idle(options, progress).await?,
+            Workload::Schedules => workloads::schedules(options, progress).await?,
             Workload::List => workloads::list(options, progress).await?,
             Workload::Shards => workloads::shards(options, progress).await?,
             Workload::All => Vec::new(),

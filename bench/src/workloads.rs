@@ -847,3 +847,136 @@ pub async fn shards(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> 
     }
     Ok(out)
 }
+
+/// `schedules`: `--jobs` schedules (10,000 by default) firing every second
+/// on one Redis. Reports the fire lag (each job's creation on Redis's clock
+/// minus its fire time, sampled from 200 schedules' last runs) and Redis
+/// CPU per fire.
+pub async fn schedules(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> {
+    use futures::StreamExt;
+    use jobctl_proto::v1::schedule_service_client::ScheduleServiceClient;
+    use jobctl_proto::v1::{
+        CreateScheduleRequest, CronTiming, GetScheduleRequest, GetStatusRequest, OverlapPolicy,
+        PauseScheduleRequest, ScheduleSpec, schedule_spec::Timing,
+    };
+    let n = o.jobs.unwrap_or(10_000);
+    let duration = o.duration_or(Duration::from_secs(10));
+    let env = Env::start(o).await?;
+    let queue = "sched";
+    let spec = ScheduleSpec {
+        timing: Some(Timing::Cron(CronTiming {
+            expression: "* * * * * *".into(),
+            time_zone: String::new(),
+        })),
+        template: Some(job(queue)),
+        overlap: OverlapPolicy::Allow.into(),
+        ..ScheduleSpec::default()
+    };
+    let client = ScheduleServiceClient::new(env.channel());
+    progress(&format!("creating {n} every-second schedules"));
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let (mut c, spec) = (client.clone(), spec.clone());
+            async move {
+                c.create_schedule(CreateScheduleRequest {
+                    name: format!("s{i}"),
+                    spec: Some(spec),
+                    paused: false,
+                })
+                .await
+                .map_err(err("create schedule"))
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+    let mut admin = AdminServiceClient::new(env.channel());
+    let queued = |admin: &mut AdminServiceClient<Channel>| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .get_queue_stats(jobctl_proto::v1::GetQueueStatsRequest {
+                    queue: queue.into(),
+                })
+                .await
+                .map(|r| r.into_inner().queued)
+                .map_err(err("queue stats"))
+        }
+    };
+    // Let every schedule fire once before measuring.
+    let start = Instant::now();
+    while queued(&mut admin).await? < n as u64 {
+        if start.elapsed() > Duration::from_secs(120) {
+            return Err("the schedules did not all fire within 2 minutes".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut fires = Metric::new("schedules", "fires_per_sec", "fires/s").target(&format!("{n}"));
+    let mut cpu = Metric::new("schedules", "redis_cpu_us_per_fire", "µs");
+    let mut lag_p50 = Metric::new("schedules", "fire_lag_p50_ms", "ms");
+    let mut lag_p99 = Metric::new("schedules", "fire_lag_p99_ms", "ms").target("< 1000");
+    let mut jobs = JobServiceClient::new(env.channel());
+    for run in 0..o.runs {
+        let (redis_before, _) = env.cpu().await;
+        let before = queued(&mut admin).await?;
+        let began = Instant::now();
+        tokio::time::sleep(duration).await;
+        let (redis_after, _) = env.cpu().await;
+        let made = queued(&mut admin).await?.saturating_sub(before);
+        let secs = began.elapsed().as_secs_f64();
+        // Lag of the last runs of a sample of schedules.
+        let mut h = histogram();
+        for i in (0..n).step_by((n / 200).max(1)) {
+            let got = client
+                .clone()
+                .get_schedule(GetScheduleRequest {
+                    schedule_id: format!("{queue}:s{i}"),
+                    next_fire_times: 1,
+                })
+                .await
+                .map_err(err("get schedule"))?
+                .into_inner();
+            for r in got.recent_runs.iter().take(5) {
+                let job = jobs
+                    .get_status(GetStatusRequest {
+                        job_id: r.job_id.clone(),
+                    })
+                    .await
+                    .map_err(err("get status"))?
+                    .into_inner()
+                    .job
+                    .ok_or("no job")?;
+                let at = |t: Option<&prost_types::Timestamp>| {
+                    t.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+                };
+                let lag = at(job.created_at.as_ref()) - at(r.fire_time.as_ref());
+                let _ = h.record((u64::try_from(lag).unwrap_or(0) * 1000).max(1));
+            }
+        }
+        let per_fire = match (redis_before, redis_after) {
+            (Some(a), Some(b)) if made > 0 => (b - a) * 1e6 / made as f64,
+            _ => f64::NAN,
+        };
+        progress(&format!(
+            "schedules run {run}: {:.0} fires/s, {per_fire:.1} µs of Redis CPU per fire, lag p50 {:.0} ms p99 {:.0} ms",
+            made as f64 / secs,
+            quantile_ms(&h, 0.5),
+            quantile_ms(&h, 0.99)
+        ));
+        fires.values.push(made as f64 / secs);
+        cpu.values.push(per_fire);
+        lag_p50.values.push(quantile_ms(&h, 0.5));
+        lag_p99.values.push(quantile_ms(&h, 0.99));
+    }
+    for i in 0..n {
+        let _ = client
+            .clone()
+            .pause_schedule(PauseScheduleRequest {
+                schedule_id: format!("{queue}:s{i}"),
+            })
+            .await;
+    }
+    Ok(vec![fires, lag_p50, lag_p99, cpu])
+}

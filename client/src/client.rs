@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use jobctl_proto::v1::{
     self as pb, JobState, admin_service_client::AdminServiceClient,
-    job_service_client::JobServiceClient,
+    job_service_client::JobServiceClient, schedule_service_client::ScheduleServiceClient,
 };
 use tonic::transport::Channel;
 
@@ -113,6 +113,11 @@ impl Client {
     /// its credentials), for calls this type does not wrap.
     pub fn job_service(&self) -> JobServiceClient<AuthChannel> {
         JobServiceClient::new(self.transport())
+    }
+
+    /// The generated `ScheduleService` client on this client's connection.
+    pub fn schedule_service(&self) -> ScheduleServiceClient<AuthChannel> {
+        ScheduleServiceClient::new(self.transport())
     }
 
     /// The generated `AdminService` client on this client's connection.

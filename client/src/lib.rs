@@ -7,6 +7,7 @@ mod error;
 #[cfg(test)]
 mod fake_server;
 mod options;
+mod schedules;
 mod watch;
 
 pub use client::{Client, DEFAULT_CONNECT_TIMEOUT, Submitted};

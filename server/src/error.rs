@@ -22,6 +22,14 @@ pub enum Error {
     #[error("job {0:?} not found")]
     NotFound(String),
 
+    /// No such schedule in the caller's namespace.
+    #[error("schedule {0:?} not found")]
+    ScheduleNotFound(String),
+
+    /// A schedule of that id exists already.
+    #[error("schedule {0:?} already exists")]
+    ScheduleExists(String),
+
     /// The lease token is not the job's current one, or the job is not in a
     /// state that allows the call.
     #[error("{0}")]
@@ -115,7 +123,8 @@ impl From<Error> for Status {
                 message.clone(),
                 ErrorDetails::with_bad_request_violation(field, message),
             ),
-            Error::NotFound(_) => Status::not_found(message),
+            Error::NotFound(_) | Error::ScheduleNotFound(_) => Status::not_found(message),
+            Error::ScheduleExists(_) => Status::already_exists(message),
             Error::FailedPrecondition(_) => Status::failed_precondition(message),
             Error::IdempotencyConflict { .. } => Status::already_exists(message),
             Error::OutOfRange(_) => Status::out_of_range(message),

@@ -17,7 +17,11 @@
 //! <prefix>:{<ns>:<queue>}:paused       string  "1" while the queue is paused
 //! <prefix>:{<ns>:<queue>}:seq          string  FIFO counter of the ready set
 //! <prefix>:{<ns>:<queue>}:idem:<key>   hash    an idempotency key's job and request hash
+//! <prefix>:{<ns>:<queue>}:schedules    zset    the queue's schedules, by when to look at each next
+//! <prefix>:{<ns>:<queue>}:sch:<name>   hash    a schedule's record (see store/lua/fire.lua)
+//! <prefix>:{<ns>:<queue>}:sch:<name>:runs list its last runs, newest first
 //! <prefix>:queues                      set     every "<ns>:<queue>" (for the reaper)
+//! <prefix>:schedule-queues             set     every "<ns>:<queue>" that has had a schedule
 //! <prefix>:wake                        channel "<ns>:<queue>" when work is ready
 //! <prefix>:{<ns>:<queue>}:wake         channel the same, on a Redis Cluster (sharded)
 //! (the event stream's name)             channel its newest sequence number, on every event
@@ -157,6 +161,11 @@ impl Keyspace {
         Some((ns.to_owned(), id))
     }
 
+    /// The set of every `<ns>:<queue>` that has had a schedule.
+    pub fn schedule_registry(&self) -> String {
+        format!("{}:schedule-queues", self.prefix)
+    }
+
     /// The channel that says a queue has ready work (one Redis; on a
     /// cluster each queue has its own, [`QueueKeys::wake_channel`]).
     pub fn wake_channel(&self) -> String {
@@ -218,6 +227,18 @@ impl QueueKeys {
     }
     pub fn idempotency(&self, key: &str) -> String {
         format!("{}idem:{key}", self.base)
+    }
+    /// The queue's schedules, scored by when to look at each next.
+    pub fn schedules(&self) -> String {
+        format!("{}schedules", self.base)
+    }
+    /// The record of the schedule `name` of this queue.
+    pub fn schedule(&self, name: &str) -> String {
+        format!("{}sch:{name}", self.base)
+    }
+    /// The last runs of the schedule `name`.
+    pub fn schedule_runs(&self, name: &str) -> String {
+        format!("{}sch:{name}:runs", self.base)
     }
     /// The record of the job `id` (which must be of this queue).
     pub fn job(&self, id: &JobId) -> String {

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod maintenance;
 pub mod metrics;
 pub mod model;
+pub mod schedules;
 pub mod signals;
 pub mod store;
 pub mod telemetry;
@@ -28,6 +29,7 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::MapFrame;
 use jobctl_proto::v1::admin_service_server::AdminServiceServer;
 use jobctl_proto::v1::job_service_server::JobServiceServer;
+use jobctl_proto::v1::schedule_service_server::ScheduleServiceServer;
 use jobctl_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +39,7 @@ use tonic::transport::{Certificate, Identity as TlsIdentity, ServerTlsConfig};
 pub use config::Config;
 pub use error::Error;
 
-use crate::api::{AdminApi, JobApi, Shared, WorkerApi};
+use crate::api::{AdminApi, JobApi, ScheduleApi, Shared, WorkerApi};
 use crate::auth::{AuthLayer, Authenticator};
 use crate::model::Validator;
 use crate::signals::Signals;
@@ -244,6 +246,22 @@ pub async fn serve_with(
         maintenance_waker.clone(),
         stopping.clone(),
     ));
+    let validator = Validator {
+        limits: config.limits.clone(),
+        defaults: config.defaults.clone(),
+    };
+    // Every replica fires schedules (schedules.rs); there is no leader.
+    let schedule_nudge = Arc::new(schedules::Nudge::default());
+    background.spawn(
+        schedules::Scheduler::new(
+            store.clone(),
+            validator.clone(),
+            metrics.clone(),
+            config.maintenance_interval,
+            schedule_nudge.clone(),
+        )
+        .run(stopping.clone()),
+    );
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     background.spawn(health::run(
         store.clone(),
@@ -264,11 +282,9 @@ pub async fn serve_with(
         .map_err(|e| Error::Startup(format!("reflection: {e}")))?;
     let shared = Arc::new(Shared {
         store,
-        validator: Validator {
-            limits: config.limits.clone(),
-            defaults: config.defaults.clone(),
-        },
+        validator,
         signals,
+        schedule_nudge,
         metrics,
         watch_stuck_after: config.watch_stuck_timeout,
         watch_coalesce_after: config.watch_coalesce_after,
@@ -353,6 +369,11 @@ pub async fn serve_with(
         )
         .add_service(
             WorkerServiceServer::new(WorkerApi(shared.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_response),
+        )
+        .add_service(
+            ScheduleServiceServer::new(ScheduleApi(shared.clone()))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_response),
         )

@@ -54,6 +54,13 @@ pub struct Metrics {
     pub jobs: Family<StateLabels, Gauge>,
     pub watchers: Gauge,
     pub store_errors: Family<ErrorLabels, Counter>,
+    /// Schedules (`schedules.rs`): fire times that made a job, were skipped
+    /// by the overlap policy or missed by the catch-up policy, and how late
+    /// after its fire time each job was made.
+    pub schedule_fires: Family<QueueLabels, Counter>,
+    pub schedule_skipped: Family<QueueLabels, Counter>,
+    pub schedule_missed: Family<QueueLabels, Counter>,
+    pub schedule_fire_lag_seconds: Histograms,
 }
 
 fn seconds_buckets() -> Histogram {
@@ -78,6 +85,10 @@ impl Default for Metrics {
             jobs: Family::default(),
             watchers: Gauge::default(),
             store_errors: Family::default(),
+            schedule_fires: Family::default(),
+            schedule_skipped: Family::default(),
+            schedule_missed: Family::default(),
+            schedule_fire_lag_seconds: Family::new_with_constructor(seconds_buckets),
         };
         let r = &mut m.registry;
         r.register(
@@ -136,6 +147,26 @@ impl Default for Metrics {
             "store_errors",
             "Store calls that failed, by kind",
             m.store_errors.clone(),
+        );
+        r.register(
+            "schedule_fires",
+            "Schedule fire times that made a job (this replica's fires)",
+            m.schedule_fires.clone(),
+        );
+        r.register(
+            "schedule_skipped",
+            "Schedule fire times skipped by the overlap policy",
+            m.schedule_skipped.clone(),
+        );
+        r.register(
+            "schedule_missed",
+            "Schedule fire times missed (not run) by the catch-up policy",
+            m.schedule_missed.clone(),
+        );
+        r.register(
+            "schedule_fire_lag_seconds",
+            "How long after its fire time a schedule's job was made",
+            m.schedule_fire_lag_seconds.clone(),
         );
         m
     }

@@ -236,6 +236,9 @@ pub enum Command {
     #[command(after_help = WATCH_HELP)]
     Watch(WatchArgs),
 
+    /// Periodic schedules: create, list, get, pause, resume, trigger, delete.
+    #[command(subcommand)]
+    Schedule(super::schedule::ScheduleCommand),
     /// Search a queue's jobs.
     #[command(subcommand)]
     Jobs(JobsCommand),

@@ -3,6 +3,7 @@
 mod args;
 mod error;
 mod render;
+mod schedule;
 mod watch;
 
 use std::io::{self, Read as _, Write as _};
@@ -183,6 +184,9 @@ async fn run(cli: Cli) -> Result<Printed, CliError> {
             let client = connect(&cli.server, &cli.connection).await?;
             let code = watch::follow(&client, &args.job_id, args.after_seq, output).await?;
             Ok(Printed::exit(code))
+        }
+        Command::Schedule(command) => {
+            schedule::run(command, &cli.server, &cli.connection, output).await
         }
         Command::Jobs(JobsCommand::List(args)) => {
             let client = connect(&cli.server, &cli.connection).await?;

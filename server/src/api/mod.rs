@@ -3,6 +3,7 @@
 
 mod admin;
 mod jobs;
+mod schedules;
 mod workers;
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tonic::Request;
 
 pub use admin::AdminApi;
 pub use jobs::JobApi;
+pub use schedules::ScheduleApi;
 pub use workers::WorkerApi;
 
 use crate::auth::{Identity, Role};
@@ -32,6 +34,8 @@ pub struct Shared {
     pub signals: Arc<Signals>,
     pub metrics: Arc<Metrics>,
     pub maintenance: Arc<Waker>,
+    /// Wakes this replica's scheduler (a schedule was created or resumed).
+    pub schedule_nudge: Arc<crate::schedules::Nudge>,
     /// How long a watcher may leave its stream full before it is cut off.
     pub watch_stuck_after: std::time::Duration,
     /// How far behind the newest event a watcher may be before runs of

@@ -23,6 +23,8 @@ fn required_role(path: &str) -> Option<Role> {
         "jobctl.v1.JobService" => Some(Role::Client),
         "jobctl.v1.WorkerService" => Some(Role::Worker),
         "jobctl.v1.AdminService" => Some(Role::Operator),
+        // A schedule is standing Submits: whoever may submit may schedule.
+        "jobctl.v1.ScheduleService" => Some(Role::Client),
         _ => None,
     }
 }

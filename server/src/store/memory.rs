@@ -24,6 +24,7 @@ use crate::model::{Backoff, NewJob};
 use crate::signals::Signals;
 
 mod admin;
+mod schedules;
 
 /// The in-process job store.
 pub struct MemoryStore {
@@ -39,6 +40,8 @@ struct State {
     jobs: HashMap<(String, String), Job>,
     /// By (queue tag, idempotency key): (job id, request hash, expires at).
     idempotency: HashMap<(String, String), (String, String, u64)>,
+    /// By (namespace, schedule id) (`memory/schedules.rs`).
+    schedules: BTreeMap<(String, String), schedules::Schedule>,
 }
 
 #[derive(Default)]
@@ -275,6 +278,37 @@ impl MemoryStore {
         self.signals.wake(&queue_tag(ns, queue));
     }
 
+    /// Cancels a job (mirrors `cancel_job` in prelude.lua): ends it
+    /// CANCELLED when it is not running, asks a running one's worker to stop.
+    fn cancel_job(
+        &self,
+        state: &mut State,
+        ns: &str,
+        id: &JobId,
+        reason: &str,
+        now: u64,
+    ) -> Result<(JobState, bool)> {
+        let (job, queue) = state.job_and_queue(ns, id)?;
+        if is_terminal(job.state) {
+            return Ok((job.state, job.cancel_requested));
+        }
+        if job.state == JobState::Running {
+            if !job.cancel_requested {
+                job.cancel_requested = true;
+                job.cancel_reason = reason.to_owned();
+                job.updated = now;
+                job.event(self.cap(), EventKind::CancelRequested, now, |_| {});
+            }
+            return Ok((JobState::Running, true));
+        }
+        queue.unready(job);
+        queue.unschedule(job);
+        job.cancel_requested = true;
+        job.cancel_reason = reason.to_owned();
+        self.finish(job, queue, JobState::Cancelled, now, |_| {});
+        Ok((JobState::Cancelled, true))
+    }
+
     /// Moves a job to a terminal state (mirrors `finish` in prelude.lua).
     fn finish(
         &self,
@@ -495,6 +529,10 @@ impl MemoryStore {
 
 #[tonic::async_trait]
 impl Store for MemoryStore {
+    fn schedules(&self) -> &dyn super::ScheduleStore {
+        self
+    }
+
     async fn ping(&self) -> Result<()> {
         Ok(())
     }
@@ -590,26 +628,7 @@ impl Store for MemoryStore {
 
     async fn cancel(&self, ns: &str, id: &JobId, reason: &str) -> Result<(JobState, bool)> {
         let now = now_ms();
-        let mut state = self.state();
-        let (job, queue) = state.job_and_queue(ns, id)?;
-        if is_terminal(job.state) {
-            return Ok((job.state, job.cancel_requested));
-        }
-        if job.state == JobState::Running {
-            if !job.cancel_requested {
-                job.cancel_requested = true;
-                job.cancel_reason = reason.to_owned();
-                job.updated = now;
-                job.event(self.cap(), EventKind::CancelRequested, now, |_| {});
-            }
-            return Ok((JobState::Running, true));
-        }
-        queue.unready(job);
-        queue.unschedule(job);
-        job.cancel_requested = true;
-        job.cancel_reason = reason.to_owned();
-        self.finish(job, queue, JobState::Cancelled, now, |_| {});
-        Ok((JobState::Cancelled, true))
+        self.cancel_job(&mut self.state(), ns, id, reason, now)
     }
 
     async fn lease(
@@ -879,6 +898,7 @@ impl Store for MemoryStore {
             queues,
             jobs,
             idempotency,
+            ..
         } = &mut *state;
         let mut next_due = None;
         let mut lease_expiries = Vec::new();

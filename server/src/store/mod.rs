@@ -10,6 +10,7 @@ pub mod conn;
 pub mod listing;
 mod memory;
 mod redis;
+mod schedules;
 mod scripts;
 mod submits;
 
@@ -24,6 +25,9 @@ pub use self::conn::{Target, WaitReplicas};
 pub use self::listing::{ListPage, ListQuery};
 pub use self::memory::MemoryStore;
 pub use self::redis::{RedisStore, StoreOptions};
+pub use self::schedules::{
+    Due, Fire, FireAction, Fired, Run, ScheduleId, ScheduleRecord, ScheduleStore,
+};
 use crate::error::Result;
 use crate::keys::JobId;
 use crate::model::NewJob;
@@ -105,6 +109,9 @@ pub struct Maintained {
 /// another namespace is not found. Each operation is atomic.
 #[tonic::async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// The store's schedules (`store/schedules.rs`).
+    fn schedules(&self) -> &dyn ScheduleStore;
+
     /// Answers once the store can serve.
     async fn ping(&self) -> Result<()>;
 

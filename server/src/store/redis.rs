@@ -16,6 +16,8 @@ use tokio::sync::mpsc;
 
 use tokio_util::sync::CancellationToken;
 
+mod schedules;
+
 use super::codec::{self, Record, Reply, encode_map};
 use super::conn::{self, RedisConn, Sentinel, Target, WaitReplicas};
 use super::scripts::Scripts;
@@ -372,6 +374,10 @@ impl RedisStore {
 
 #[tonic::async_trait]
 impl Store for RedisStore {
+    fn schedules(&self) -> &dyn super::ScheduleStore {
+        self
+    }
+
     /// Every known `(namespace, queue)`.
     async fn queues(&self) -> Result<Vec<(String, String)>> {
         let tags: Vec<String> = self.conn().smembers(self.keys.registry()).await?;

@@ -25,6 +25,8 @@ pub struct Scripts {
     pub events: Script,
     pub delete: Script,
     pub resume: Script,
+    pub fire: Script,
+    pub schedule: Script,
 }
 
 impl Scripts {
@@ -61,6 +63,8 @@ impl Scripts {
             events: script!("events.lua"),
             delete: script!("delete.lua"),
             resume: script!("resume.lua"),
+            fire: script!("fire.lua"),
+            schedule: script!("schedule.lua"),
         }
     }
 }

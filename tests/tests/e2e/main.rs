@@ -20,5 +20,6 @@ mod conformance;
 mod dashboard;
 mod invariants;
 mod performance;
+mod schedules;
 mod sentinel;
 mod telemetry;

@@ -290,3 +290,26 @@ local function create_job(job, id, sched_key, run_at_arg, delay_arg, first, last
   end
   return S_SCHEDULED
 end
+
+-- Cancels job `id` (cancel, fire): ends it CANCELLED when it is not
+-- running; asks a running one's worker to stop. Returns {state after,
+-- cancel requested (0/1)}, or nil when there is no such job.
+local function cancel_job(job, ev, ready, sched, done, id, reason, cap, now)
+  local st = tonumber(redis.call('HGET', job, 'st'))
+  if not st then return nil end
+  if is_terminal(st) then
+    return { st, redis.call('HGET', job, 'cr') == '1' and 1 or 0 }
+  end
+  if st == S_RUNNING then
+    if redis.call('HGET', job, 'cr') ~= '1' then
+      redis.call('HSET', job, 'cr', 1, 'crr', reason, 'ua', fmt(now))
+      add_event(job, ev, cap, E_CANCEL, S_RUNNING, now)
+    end
+    return { S_RUNNING, 1 }
+  end
+  redis.call('ZREM', ready, id)
+  redis.call('ZREM', sched, id)
+  redis.call('HSET', job, 'cr', 1, 'crr', reason)
+  finish(job, ev, done, id, S_CANCELLED, now, cap)
+  return { S_CANCELLED, 1 }
+end

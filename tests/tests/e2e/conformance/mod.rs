@@ -18,6 +18,7 @@ pub(crate) mod lifecycle;
 mod limits;
 mod malformed;
 mod model;
+mod schedules;
 pub(crate) mod watch;
 mod worker_processes;
 mod worker_sdk;
