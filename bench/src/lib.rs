@@ -42,6 +42,9 @@ pub enum Workload {
     /// page, a page deep in a time range, one state's small set, and a
     /// filter that matches nothing (a full scan-limited page).
     List,
+    /// Submit and drain over many queues on a Redis Cluster of 1 shard and
+    /// of 3 shards: jobs/s and Redis CPU per job on each shard.
+    Shards,
     /// Every workload above, in that order.
     All,
 }
@@ -93,6 +96,10 @@ pub struct Options {
     #[arg(long)]
     pub duration: Option<f64>,
 
+    /// Queues of the shards workload (spread over the shards by name).
+    #[arg(long, default_value_t = 12)]
+    pub queues: usize,
+
     /// Long-polling workers of the idle workload.
     #[arg(long, default_value_t = 100)]
     pub idle_workers: usize,
@@ -140,6 +147,7 @@ pub fn workload_name(w: Workload) -> &'static str {
         Workload::Memory => "memory",
         Workload::Idle => "idle",
         Workload::List => "list",
+        Workload::Shards => "shards",
         Workload::All => "all",
     }
 }
@@ -157,6 +165,7 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Metri
         Workload::Memory,
         Workload::Idle,
         Workload::List,
+        Workload::Shards,
     ];
     let chosen: Vec<Workload> = match options.workload {
         Workload::All => all.to_vec(),
@@ -175,6 +184,7 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Metri
             Workload::Memory => workloads::memory(options, progress).await?,
             Workload::Idle => workloads::idle(options, progress).await?,
             Workload::List => workloads::list(options, progress).await?,
+            Workload::Shards => workloads::shards(options, progress).await?,
             Workload::All => Vec::new(),
         };
         metrics.extend(found);

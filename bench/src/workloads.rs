@@ -881,3 +881,139 @@ pub async fn list(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> {
     }
     Ok(out)
 }
+
+/// Single Submits, then a drain by SDK workers, over `--queues` queues on a
+/// Redis Cluster of one master and of three (no replicas): jobs/s and each
+/// master's CPU per job. On one machine the shards share its cores, so the
+/// throughput says little; the CPU per job on each shard shows the load
+/// spread (each of three carries about a third).
+pub async fn shards(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> {
+    use jobctl_tests::{ClusterOptions, RedisCluster};
+    let n = o.jobs.unwrap_or(30_000);
+    let mut out = Vec::new();
+    for masters in [1usize, 3] {
+        let cluster = RedisCluster::start_with(ClusterOptions {
+            masters,
+            replicas_per_master: 0,
+            ..ClusterOptions::default()
+        })
+        .await;
+        let options = Options {
+            redis_url: Some(cluster.url()),
+            ..o.clone()
+        };
+        let env = Env::start(&options).await?;
+        let queues: Vec<String> = (0..o.queues.max(1)).map(|i| format!("sh-{i}")).collect();
+        let label = format!("{masters}_shard{}", if masters == 1 { "" } else { "s" });
+        let mut submit_rate =
+            Metric::new("shards", &format!("submit_jobs_per_sec_{label}"), "jobs/s");
+        let mut drain_rate =
+            Metric::new("shards", &format!("drain_jobs_per_sec_{label}"), "jobs/s");
+        let mut busiest = Metric::new(
+            "shards",
+            &format!("busiest_shard_redis_cpu_us_per_job_{label}"),
+            "us",
+        );
+        let mut total = Metric::new(
+            "shards",
+            &format!("all_shards_redis_cpu_us_per_job_{label}"),
+            "us",
+        );
+        let shard_cpu = || -> Vec<f64> {
+            cluster
+                .shards
+                .iter()
+                .map(|s| {
+                    s.master
+                        .pid()
+                        .and_then(crate::env::cpu_seconds)
+                        .unwrap_or(f64::NAN)
+                })
+                .collect()
+        };
+        for run in 0..o.runs {
+            let cpu_before = shard_cpu();
+            // Single Submits, round robin over the queues.
+            let next = Arc::new(AtomicUsize::new(0));
+            let mut tasks = JoinSet::new();
+            let started = Instant::now();
+            for _ in 0..o.concurrency.max(1) {
+                let mut client = JobServiceClient::new(env.channel());
+                let (next, queues) = (next.clone(), queues.clone());
+                tasks.spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n {
+                            return Ok(());
+                        }
+                        let queue = format!("{}-r{run}", queues[i % queues.len()]);
+                        client.submit(job(&queue)).await.map_err(err("submit"))?;
+                    }
+                });
+            }
+            join_all(tasks).await?;
+            let submitted = n as f64 / started.elapsed().as_secs_f64();
+            // Drain them: one SDK worker per `--workers`, leasing from every queue.
+            let run_queues: Vec<String> = queues.iter().map(|q| format!("{q}-r{run}")).collect();
+            let stop = CancellationToken::new();
+            let started = Instant::now();
+            let mut workers = JoinSet::new();
+            for i in 0..o.workers.max(1) {
+                let worker = Worker::builder(env.endpoint.clone())
+                    .worker_id(format!("bench-shards-{i}"))
+                    .queues(run_queues.clone())
+                    .concurrency(o.worker_concurrency.max(1))
+                    .lease_wait(Duration::from_millis(200))
+                    .shutdown_grace(Duration::from_secs(5))
+                    .handler(KIND, |_ctx: JobContext| async { Ok(Vec::new()) })
+                    .build()
+                    .map_err(|e| format!("worker: {e}"))?;
+                let stop = stop.clone();
+                workers.spawn(async move {
+                    let _ = worker.run(stop.cancelled_owned()).await;
+                });
+            }
+            let mut admin = AdminServiceClient::new(env.channel());
+            let deadline = Instant::now() + Duration::from_secs(120 + (n / 100) as u64);
+            loop {
+                let mut done = 0;
+                for q in &run_queues {
+                    done += env.finished(&mut admin, q).await;
+                }
+                if done >= n as u64 {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    stop.cancel();
+                    return Err(format!("shards: {done} of {n} jobs finished in time"));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let drained = n as f64 / started.elapsed().as_secs_f64();
+            stop.cancel();
+            workers.join_all().await;
+            let per_job: Vec<f64> = shard_cpu()
+                .iter()
+                .zip(&cpu_before)
+                .map(|(a, b)| (a - b) * 1e6 / n as f64)
+                .collect();
+            progress(&format!(
+                "shards {masters}: run {run}: submit {submitted:.0} jobs/s, drain {drained:.0} jobs/s; \
+                 Redis CPU per job (submit + drain) by shard: {}",
+                per_job
+                    .iter()
+                    .map(|c| format!("{c:.1} us"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            submit_rate.values.push(submitted);
+            drain_rate.values.push(drained);
+            busiest
+                .values
+                .push(per_job.iter().copied().fold(0.0, f64::max));
+            total.values.push(per_job.iter().sum());
+        }
+        out.extend([submit_rate, drain_rate, busiest, total]);
+    }
+    Ok(out)
+}

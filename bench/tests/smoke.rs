@@ -66,3 +66,15 @@ async fn roundtrip_fanout_memory_idle_and_list_report_their_quantities() {
     let list = run(Workload::List).await;
     assert!(find(&list, "newest_page_p50_at_100").median() > 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_report_rates_and_cpu_per_job_on_one_shard_and_three() {
+    let m = run(Workload::Shards).await;
+    for shards in ["1_shard", "3_shards"] {
+        assert!(find(&m, &format!("submit_jobs_per_sec_{shards}")).median() > 0.0);
+        assert!(find(&m, &format!("drain_jobs_per_sec_{shards}")).median() > 0.0);
+        let busiest = find(&m, &format!("busiest_shard_redis_cpu_us_per_job_{shards}")).median();
+        let all = find(&m, &format!("all_shards_redis_cpu_us_per_job_{shards}")).median();
+        assert!(busiest <= all, "{shards}: {busiest} > {all}");
+    }
+}

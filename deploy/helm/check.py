@@ -280,6 +280,22 @@ SCENARIOS: dict[str, tuple[dict[str, Any], str, set[str]]] = {
         OLDEST_KUBE,
         {"Deployment", "Service", "ServiceAccount", "Pod"},
     ),
+    "redis-cluster-with-wait": (
+        {
+            "redis": {
+                "url": "redis+cluster://:secret@redis-0.redis:6379,redis-1.redis:6379",
+                "waitReplicas": 1,
+                "waitTimeout": "500ms",
+            }
+        },
+        OLDEST_KUBE,
+        {"Deployment", "Service", "ServiceAccount", "Secret", "PodDisruptionBudget", "Pod"},
+    ),
+    "redis-sentinel": (
+        {"redis": {"url": "redis+sentinel://:secret@redis.data.svc:26379/mymaster"}},
+        OLDEST_KUBE,
+        {"Deployment", "Service", "ServiceAccount", "Secret", "PodDisruptionBudget", "Pod"},
+    ),
 }
 
 # name -> (values, a fragment the error must contain)
@@ -333,6 +349,8 @@ MUST_FAIL: dict[str, tuple[dict[str, Any], str]] = {
         "type",
     ),
     "schema: Redis URL without scheme": ({"redis": {"url": "redis-master:6379"}}, "url"),
+    "schema: unknown Redis URL scheme": ({"redis": {"url": "redis+shard://a:1"}}, "url"),
+    "schema: negative waitReplicas": ({"redis": {"waitReplicas": -1}}, "waitReplicas"),
 }
 
 

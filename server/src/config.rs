@@ -28,9 +28,26 @@ pub struct Config {
     #[arg(long, env = "JOBCTL_DASHBOARD")]
     pub dashboard: bool,
 
-    /// Redis URL (`redis://[user:pass@]host:port[/db]`).
+    /// Redis URL: `redis://[user:pass@]host:port[/db]` (`rediss://` for
+    /// TLS) for one Redis; `redis+cluster://[user:pass@]host:port,host:port`
+    /// for a Redis Cluster (any of its nodes; `rediss+cluster://` for TLS);
+    /// `redis+sentinel://[user:pass@]host:port,host:port/<master>[/db]` for
+    /// the master a set of Sentinels watch (the credentials are the
+    /// master's; `rediss+sentinel://` for TLS to it).
     #[arg(long, env = "JOBCTL_REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// After every write a caller is answered about (each transition
+    /// script), wait until this many replicas have it (`WAIT`); a write
+    /// fewer replicas confirm within --redis-wait-timeout is answered
+    /// UNAVAILABLE (it may still be applied: retry, with an idempotency key
+    /// for Submit). 0: do not wait (a failover may lose the last writes).
+    #[arg(long, env = "JOBCTL_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
+    /// Longest one `WAIT` for --redis-wait-replicas takes.
+    #[arg(long, env = "JOBCTL_REDIS_WAIT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub redis_wait_timeout: Duration,
 
     #[command(flatten)]
     pub redis_tls: RedisTls,

@@ -69,7 +69,27 @@ pub enum Error {
 
 impl From<redis::RedisError> for Error {
     fn from(e: redis::RedisError) -> Self {
-        if e.is_io_error()
+        use redis::{ErrorKind, ServerErrorKind as S};
+        // A cluster without a master for the slot, or whose slot is still
+        // moving after every retry (a failover under way), a node still
+        // loading, a former master now a replica, Sentinels that name no
+        // master answering as one (a failover under way): all pass.
+        let passing = matches!(
+            e.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::MasterNameNotFoundBySentinel
+                | ErrorKind::Server(
+                    S::ClusterDown
+                        | S::TryAgain
+                        | S::MasterDown
+                        | S::BusyLoading
+                        | S::ReadOnly
+                        | S::Moved
+                        | S::Ask
+                )
+        );
+        if passing
+            || e.is_io_error()
             || e.is_connection_dropped()
             || e.is_timeout()
             || e.is_connection_refusal()

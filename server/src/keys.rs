@@ -19,8 +19,13 @@
 //! <prefix>:{<ns>:<queue>}:idem:<key>   hash    an idempotency key's job and request hash
 //! <prefix>:queues                      set     every "<ns>:<queue>" (for the reaper)
 //! <prefix>:wake                        channel "<ns>:<queue>" when work is ready
+//! <prefix>:{<ns>:<queue>}:wake         channel the same, on a Redis Cluster (sharded)
 //! (the event stream's name)             channel its newest sequence number, on every event
 //! ```
+//!
+//! On a Redis Cluster ([`Keyspace::sharded`]) the wake channel is one per
+//! queue, under the queue's hash tag, so scripts `SPUBLISH` it in their own
+//! shard and only the node that owns the queue carries its signals.
 
 use std::fmt;
 
@@ -90,13 +95,29 @@ impl fmt::Display for JobId {
 #[derive(Clone, Debug)]
 pub struct Keyspace {
     prefix: String,
+    sharded: bool,
 }
 
 impl Keyspace {
     pub fn new(prefix: &str) -> Self {
         Keyspace {
             prefix: prefix.to_owned(),
+            sharded: false,
         }
+    }
+
+    /// The keyspace on a Redis Cluster: a wake channel per queue, in the
+    /// queue's slot (sharded pub/sub).
+    pub fn sharded(prefix: &str) -> Self {
+        Keyspace {
+            prefix: prefix.to_owned(),
+            sharded: true,
+        }
+    }
+
+    /// Whether signals use sharded channels (one wake channel per queue).
+    pub fn is_sharded(&self) -> bool {
+        self.sharded
     }
 
     /// The keys of one queue of one namespace.
@@ -104,7 +125,16 @@ impl Keyspace {
         QueueKeys {
             base: format!("{}:{{{ns}:{queue}}}:", self.prefix),
             tag: queue_tag(ns, queue),
+            shared_wake: (!self.sharded).then_some(self.prefix.len()),
         }
+    }
+
+    /// The queue (`<ns>:<queue>`) of a sharded wake channel.
+    pub fn parse_wake_channel<'c>(&self, channel: &'c str) -> Option<&'c str> {
+        channel
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(":{")?
+            .strip_suffix("}:wake")
     }
 
     /// The set of every known `<ns>:<queue>`.
@@ -127,7 +157,8 @@ impl Keyspace {
         Some((ns.to_owned(), id))
     }
 
-    /// The channel that says a queue has ready work.
+    /// The channel that says a queue has ready work (one Redis; on a
+    /// cluster each queue has its own, [`QueueKeys::wake_channel`]).
     pub fn wake_channel(&self) -> String {
         format!("{}:wake", self.prefix)
     }
@@ -138,6 +169,9 @@ impl Keyspace {
 pub struct QueueKeys {
     base: String,
     tag: String,
+    /// The length of the prefix when the wake channel is shared; `None` on
+    /// a cluster (the queue has its own).
+    shared_wake: Option<usize>,
 }
 
 impl QueueKeys {
@@ -145,6 +179,15 @@ impl QueueKeys {
     /// wake message.
     pub fn tag(&self) -> &str {
         &self.tag
+    }
+    /// The channel the scripts publish this queue's tag on when it has
+    /// ready work: `<prefix>:wake`, or `<prefix>:{<ns>:<queue>}:wake` on a
+    /// cluster.
+    pub fn wake_channel(&self) -> String {
+        match self.shared_wake {
+            None => format!("{}wake", self.base),
+            Some(n) => format!("{}:wake", &self.base[..n]),
+        }
     }
     pub fn ready(&self) -> String {
         format!("{}ready", self.base)
@@ -216,6 +259,20 @@ mod tests {
             Some(("tenant-a".to_owned(), id))
         );
         assert_eq!(keyspace.parse_events_key("other:{a:b}:ev:x"), None);
+    }
+
+    #[test]
+    fn wake_channels_are_shared_on_one_redis_and_per_queue_on_a_cluster() {
+        let single = Keyspace::new("jobctl");
+        assert_eq!(
+            single.queue("ns", "q").wake_channel(),
+            single.wake_channel()
+        );
+        let sharded = Keyspace::sharded("jobctl");
+        let channel = sharded.queue("ns", "q").wake_channel();
+        assert_eq!(channel, "jobctl:{ns:q}:wake");
+        assert_eq!(sharded.parse_wake_channel(&channel), Some("ns:q"));
+        assert_eq!(sharded.parse_wake_channel("jobctl:{ns:q}:ev:x"), None);
     }
 
     #[test]

@@ -41,7 +41,7 @@ use crate::api::{AdminApi, JobApi, Shared, WorkerApi};
 use crate::auth::{AuthLayer, Authenticator};
 use crate::model::Validator;
 use crate::signals::Signals;
-use crate::store::{MemoryStore, RedisStore, Store, StoreOptions};
+use crate::store::{MemoryStore, RedisStore, Store, StoreOptions, WaitReplicas};
 
 /// A request over the transport's size limit is answered
 /// `RESOURCE_EXHAUSTED`, as gRPC's other implementations do and as every
@@ -205,6 +205,10 @@ pub async fn serve_with(
         key_prefix: config.key_prefix.clone(),
         event_cap: config.limits.event_history_max,
         idempotency_ttl: config.defaults.idempotency_ttl,
+        wait_replicas: (config.redis_wait_replicas > 0).then_some(WaitReplicas {
+            replicas: config.redis_wait_replicas,
+            timeout: config.redis_wait_timeout,
+        }),
     };
     // Only ring is compiled in; installing it makes that explicit for every
     // rustls user (the gRPC port, rediss://).

@@ -8,6 +8,16 @@
 //!   event stream; the feed of that job, if anyone watches it here, learns
 //!   the newest sequence number ([`crate::watch`] does the rest).
 //!
+//! On one Redis (or a Sentinel-managed one) the subscription is one
+//! `SUBSCRIBE` of the wake channel and one `PSUBSCRIBE` of every event
+//! channel. On a Redis Cluster, scripts `SPUBLISH` in their queue's shard
+//! and pattern subscriptions do not exist for sharded channels, so the
+//! relay `SSUBSCRIBE`s exactly the channels this process needs: the wake
+//! channel of each queue a Lease call waited on and the event channel of
+//! each watched job ([`Topic`]), each on the node that owns it; redis-rs
+//! moves them when slots move (a failover), and each (re)confirmed channel
+//! makes its waiters look again.
+//!
 //! The embedded store signals directly, without Redis.
 
 use std::collections::HashMap;
@@ -16,11 +26,30 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tokio::sync::{Notify, watch};
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::keys::Keyspace;
+use crate::keys::{JobId, Keyspace};
+use crate::store::conn::ClientSource;
 use crate::watch::Feed;
+
+/// What this process needs signals of, announced to a relay that
+/// subscribes per channel (the cluster's sharded pub/sub).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Topic {
+    /// A queue (`<ns>:<queue>`) whose Lease calls wait here.
+    Queue(String),
+    /// A job (namespace, id) watched here.
+    Job(String, String),
+    /// A job no longer watched here.
+    Unwatched(String, String),
+}
+
+/// How often the sharded relay drops the subscriptions of jobs no one
+/// watches any more.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// What a feed's watchers are told: the newest sequence number seen and a
 /// counter bumped when events may have been missed (a re-subscription).
@@ -76,6 +105,8 @@ impl QueueSignal {
 pub struct Signals {
     queues: Mutex<HashMap<String, Arc<QueueSignal>>>,
     feeds: Mutex<HashMap<(String, String), Weak<Feed>>>,
+    /// Where new queues and feeds are announced, once a sharded relay runs.
+    topics: Mutex<Option<mpsc::UnboundedSender<Topic>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -86,10 +117,22 @@ impl Signals {
     /// The signal of a queue (by its `<ns>:<queue>` tag).
     pub fn queue(&self, tag: &str) -> Arc<QueueSignal> {
         let mut queues = lock(&self.queues);
+        if let Some(signal) = queues.get(tag) {
+            return signal.clone();
+        }
         if queues.len() > 10_000 {
             queues.retain(|_, n| Arc::strong_count(n) > 1);
         }
-        queues.entry(tag.to_owned()).or_default().clone()
+        let signal = queues.entry(tag.to_owned()).or_default().clone();
+        drop(queues);
+        self.announce(Topic::Queue(tag.to_owned()));
+        signal
+    }
+
+    fn announce(&self, topic: Topic) {
+        if let Some(topics) = &*lock(&self.topics) {
+            let _ = topics.send(topic);
+        }
     }
 
     /// Wakes the Lease calls waiting on one queue.
@@ -106,12 +149,68 @@ impl Signals {
         if let Some(feed) = feeds.get(&key).and_then(Weak::upgrade) {
             return feed;
         }
+        let mut dropped = Vec::new();
         if feeds.len() > 1024 {
-            feeds.retain(|_, f| f.strong_count() > 0);
+            feeds.retain(|k, f| {
+                let live = f.strong_count() > 0;
+                if !live {
+                    dropped.push(k.clone());
+                }
+                live
+            });
         }
         let feed = Arc::new(Feed::new());
-        feeds.insert(key, Arc::downgrade(&feed));
+        feeds.insert(key.clone(), Arc::downgrade(&feed));
+        drop(feeds);
+        for (ns, id) in dropped {
+            self.announce(Topic::Unwatched(ns, id));
+        }
+        self.announce(Topic::Job(key.0, key.1));
         feed
+    }
+
+    /// Forgets the feeds no one watches any more, announcing each.
+    fn sweep_feeds(&self) {
+        let mut dropped = Vec::new();
+        lock(&self.feeds).retain(|k, f| {
+            let live = f.strong_count() > 0;
+            if !live {
+                dropped.push(k.clone());
+            }
+            live
+        });
+        for (ns, id) in dropped {
+            self.announce(Topic::Unwatched(ns, id));
+        }
+    }
+
+    /// Asks a job's watchers here to look again (its channel was
+    /// (re)subscribed: events may have come before).
+    pub fn poke(&self, ns: &str, job_id: &str) {
+        let feed = lock(&self.feeds)
+            .get(&(ns.to_owned(), job_id.to_owned()))
+            .and_then(Weak::upgrade);
+        if let Some(feed) = feed {
+            feed.version().send_modify(|(_, pokes)| *pokes += 1);
+        }
+    }
+
+    /// Starts announcing new topics on `topics`; returns those known now.
+    fn subscribe_topics(&self, topics: mpsc::UnboundedSender<Topic>) -> Vec<Topic> {
+        // Set first: a queue or feed made after the snapshot below is
+        // announced, one made before is in it.
+        *lock(&self.topics) = Some(topics);
+        let mut known: Vec<Topic> = lock(&self.queues)
+            .keys()
+            .map(|tag| Topic::Queue(tag.clone()))
+            .collect();
+        known.extend(
+            lock(&self.feeds)
+                .iter()
+                .filter(|(_, f)| f.strong_count() > 0)
+                .map(|((ns, id), _)| Topic::Job(ns.clone(), id.clone())),
+        );
+        known
     }
 
     /// A job's history reached `seq`.
@@ -146,12 +245,18 @@ impl Signals {
     }
 
     /// Relays Redis's wake channel and event channels into these signals
-    /// until `shutdown`, re-subscribing with backoff when the connection drops.
-    pub async fn relay(&self, client: redis::Client, keys: &Keyspace, shutdown: CancellationToken) {
+    /// until `shutdown`, re-subscribing with backoff when the connection
+    /// drops (with a client `source` gives anew: a Sentinel names the
+    /// master of the moment).
+    pub async fn relay(&self, source: ClientSource, keys: &Keyspace, shutdown: CancellationToken) {
         let wake_channel = keys.wake_channel();
         let mut backoff = Duration::from_millis(100);
         loop {
-            match client.get_async_pubsub().await {
+            let pubsub = match source().await {
+                Ok(client) => client.get_async_pubsub().await,
+                Err(e) => Err(e),
+            };
+            match pubsub {
                 Ok(mut pubsub) => {
                     let subscribed = async {
                         pubsub.subscribe(&wake_channel).await?;
@@ -197,6 +302,135 @@ impl Signals {
         } else {
             tracing::debug!(%channel, "ignoring an unexpected message");
         }
+    }
+}
+
+impl Signals {
+    /// Relays a Redis Cluster's sharded channels into these signals until
+    /// `shutdown`: `SSUBSCRIBE`s each [`Topic`] this process needs (on the
+    /// store's cluster connection, whose RESP3 pushes arrive on `pushes`),
+    /// `SUNSUBSCRIBE`s jobs no one watches any more.
+    pub async fn relay_sharded(
+        &self,
+        conn: ClusterConnection,
+        mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+        keys: &Keyspace,
+        shutdown: CancellationToken,
+    ) {
+        let (topics_tx, mut topics) = mpsc::unbounded_channel();
+        let mut pending = tokio::task::JoinSet::new();
+        for topic in self.subscribe_topics(topics_tx) {
+            pending.spawn(follow(
+                conn.clone(),
+                channel_of(keys, &topic),
+                topic,
+                shutdown.clone(),
+            ));
+        }
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tokio::select! {
+                push = pushes.recv() => match push {
+                    Some(push) => self.relay_push(keys, push),
+                    None => return,
+                },
+                Some(topic) = topics.recv() => {
+                    let channel = channel_of(keys, &topic);
+                    pending.spawn(follow(conn.clone(), channel, topic, shutdown.clone()));
+                }
+                Some(_) = pending.join_next(), if !pending.is_empty() => {}
+                _ = sweep.tick() => self.sweep_feeds(),
+                () = shutdown.cancelled() => {
+                    *lock(&self.topics) = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn relay_push(&self, keys: &Keyspace, push: PushInfo) {
+        let channel = |v: Option<&Value>| match v {
+            Some(Value::BulkString(b)) => std::str::from_utf8(b).ok().map(str::to_owned),
+            Some(Value::SimpleString(s)) => Some(s.clone()),
+            _ => None,
+        };
+        match push.kind {
+            PushKind::SMessage => {
+                let (Some(name), Some(Value::BulkString(payload))) =
+                    (channel(push.data.first()), push.data.get(1))
+                else {
+                    return;
+                };
+                let payload = std::str::from_utf8(payload).unwrap_or_default();
+                if keys.parse_wake_channel(&name).is_some() {
+                    self.wake(payload);
+                } else if let (Some((ns, id)), Ok(seq)) =
+                    (keys.parse_events_key(&name), payload.parse())
+                {
+                    self.event(&ns, &id.to_string(), seq);
+                }
+            }
+            // A channel is (again) subscribed: what was published before
+            // may have been missed, so its waiters look again.
+            PushKind::SSubscribe => {
+                let Some(name) = channel(push.data.first()) else {
+                    return;
+                };
+                if let Some(tag) = keys.parse_wake_channel(&name) {
+                    self.wake(tag);
+                } else if let Some((ns, id)) = keys.parse_events_key(&name) {
+                    self.poke(&ns, &id.to_string());
+                }
+            }
+            PushKind::Disconnection => {
+                tracing::warn!("a redis cluster node's connection was lost; re-subscribing");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The sharded channel of a topic.
+fn channel_of(keys: &Keyspace, topic: &Topic) -> String {
+    match topic {
+        Topic::Queue(tag) => {
+            let (ns, queue) = tag.split_once(':').unwrap_or(("", tag));
+            keys.queue(ns, queue).wake_channel()
+        }
+        Topic::Job(ns, id) | Topic::Unwatched(ns, id) => match JobId::parse(id) {
+            Ok(job) => keys.queue(ns, job.queue()).events(&job),
+            Err(_) => String::new(),
+        },
+    }
+}
+
+/// Subscribes (or unsubscribes) one channel, trying again with backoff
+/// until it is done or `shutdown`: a slot without a master refuses for a
+/// while.
+async fn follow(
+    mut conn: ClusterConnection,
+    channel: String,
+    topic: Topic,
+    shutdown: CancellationToken,
+) {
+    if channel.is_empty() {
+        return;
+    }
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let done = match topic {
+            Topic::Unwatched(..) => conn.sunsubscribe(&channel).await,
+            _ => conn.ssubscribe(&channel).await,
+        };
+        match done {
+            Ok(()) => return,
+            Err(error) => tracing::warn!(%error, %channel, "redis sharded subscription failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 

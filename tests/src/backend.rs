@@ -3,9 +3,16 @@
 //! scenario on both, through [`conformance!`](crate::conformance).
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::{RedisServer, Snapshot};
+use crate::{RedisCluster, RedisServer, Snapshot};
+
+/// A scenario of the conformance suite, as [`conformance!`](crate::conformance)
+/// lists them (for a run of many on one shared [`RedisCluster`]).
+pub type Scenario = fn(Backend) -> Pin<Box<dyn Future<Output = ()>>>;
 
 /// Which store a [`Backend`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,6 +21,8 @@ pub enum BackendKind {
     Redis,
     /// `MemoryStore`: the server started without a Redis URL.
     Embedded,
+    /// `RedisStore` on a Redis Cluster of several shards.
+    Cluster,
 }
 
 impl fmt::Display for BackendKind {
@@ -21,6 +30,7 @@ impl fmt::Display for BackendKind {
         f.write_str(match self {
             BackendKind::Redis => "redis",
             BackendKind::Embedded => "embedded",
+            BackendKind::Cluster => "cluster",
         })
     }
 }
@@ -35,6 +45,10 @@ pub enum Backend {
     Redis(RedisServer),
     /// The embedded store.
     Embedded,
+    /// A Redis Cluster, shared with other scenarios: each server started
+    /// on it gets this key prefix (`--key-prefix`), so scenarios stay
+    /// apart.
+    Cluster(Arc<RedisCluster>, String),
 }
 
 impl Backend {
@@ -44,6 +58,9 @@ impl Backend {
         match kind {
             BackendKind::Redis => Backend::Redis(RedisServer::start().await),
             BackendKind::Embedded => Backend::Embedded,
+            BackendKind::Cluster => {
+                Backend::Cluster(Arc::new(RedisCluster::start().await), "jobctl".into())
+            }
         }
     }
 
@@ -52,15 +69,16 @@ impl Backend {
         match self {
             Backend::Redis(_) => BackendKind::Redis,
             Backend::Embedded => BackendKind::Embedded,
+            Backend::Cluster(..) => BackendKind::Cluster,
         }
     }
 
-    /// The Redis, for checks that only make sense on Redis (its keys, its
-    /// clock); `None` on the embedded store.
+    /// The Redis, for checks that only make sense on one Redis (its keys,
+    /// its clock); `None` on the embedded store and on a cluster.
     pub fn redis(&self) -> Option<&RedisServer> {
         match self {
             Backend::Redis(redis) => Some(redis),
-            Backend::Embedded => None,
+            Backend::Embedded | Backend::Cluster(..) => None,
         }
     }
 
@@ -70,6 +88,7 @@ impl Backend {
         match self {
             Backend::Redis(redis) => redis.time().await,
             Backend::Embedded => SystemTime::now(),
+            Backend::Cluster(cluster, _) => cluster.shards[0].master.time().await,
         }
     }
 
@@ -78,7 +97,7 @@ impl Backend {
     pub async fn redis_snapshot(&self) -> Option<Snapshot> {
         match self {
             Backend::Redis(redis) => Some(Snapshot::take(&mut redis.conn().await).await),
-            Backend::Embedded => None,
+            Backend::Embedded | Backend::Cluster(..) => None,
         }
     }
 }
@@ -88,6 +107,7 @@ impl fmt::Debug for Backend {
         match self {
             Backend::Redis(redis) => write!(f, "Backend::Redis(port {})", redis.port()),
             Backend::Embedded => f.write_str("Backend::Embedded"),
+            Backend::Cluster(_, prefix) => write!(f, "Backend::Cluster(prefix {prefix})"),
         }
     }
 }
@@ -104,13 +124,21 @@ impl fmt::Debug for Backend {
 /// ```
 ///
 /// The tests run on a multi-threaded runtime with 2 worker threads unless a
-/// scenario asks for more.
+/// scenario asks for more. Each invocation also defines `scenarios()`,
+/// every scenario it lists by name, so a test can run them all on one
+/// shared [`Backend::Cluster`].
 #[macro_export]
 macro_rules! conformance {
     ($($scenario:ident $(, worker_threads = $threads:literal)?;)+) => {
         $(
             $crate::conformance!(@one $scenario, $($threads)? 2);
         )+
+
+        /// Every scenario of this file, by name.
+        #[allow(dead_code)]
+        pub(crate) fn scenarios() -> Vec<(&'static str, $crate::Scenario)> {
+            vec![$((stringify!($scenario), |b| Box::pin($scenario(b)))),+]
+        }
     };
     (@one $scenario:ident, $threads:literal $($default:literal)?) => {
         #[doc = concat!("`", stringify!($scenario), "` on each store.")]

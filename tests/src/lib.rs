@@ -5,6 +5,11 @@
 //! - [`Backend`]: the store a scenario runs on, a [`RedisServer`] or the
 //!   embedded in-process store; [`conformance!`] turns a scenario into one
 //!   test per store.
+//! - [`RedisCluster`]: a Redis Cluster of such processes (3 masters with a
+//!   replica each by default), made with `CLUSTER ADDSLOTSRANGE`/`MEET`/
+//!   `REPLICATE` and ready once every node says so.
+//! - [`RedisSentinels`]: a master, its replica and three
+//!   `redis-server --sentinel` processes watching it.
 //! - [`RedisServer`]: a `redis-server` process on a free port in its own
 //!   temporary directory (optionally under libfaketime, or in cluster mode),
 //!   killed when dropped. Each test gets its own, so tests run in parallel and
@@ -29,25 +34,29 @@
 
 pub mod api;
 pub mod backend;
+pub mod cluster;
 pub mod otlp;
 pub mod panics;
 pub mod pki;
 pub mod process;
 pub mod raw;
 pub mod redis_server;
+pub mod sentinel;
 pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod wait;
 
 pub use api::*;
-pub use backend::{Backend, BackendKind};
+pub use backend::{Backend, BackendKind, Scenario};
+pub use cluster::{ClusterOptions, RedisCluster, Shard};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use panics::{assert_no_panics, count_panics};
 pub use pki::{CertFiles, TestPki};
 pub use process::{ServerProcess, WorkerProcess, server_binary};
 pub use raw::{METHODS, RawCodec, send_raw};
 pub use redis_server::{RedisOptions, RedisServer};
+pub use sentinel::RedisSentinels;
 pub use server::TestServer;
 pub use snapshot::{Snapshot, StoredValue};
 pub use state::StateSnapshot;

@@ -24,6 +24,12 @@ pub struct RedisOptions {
     /// Run in cluster mode as a single node that owns all 16384 slots, so
     /// Redis refuses scripts whose keys span slots.
     pub cluster: bool,
+    /// With `cluster`: a node that owns no slots yet, for a
+    /// [`RedisCluster`](crate::RedisCluster) to join.
+    pub cluster_member: bool,
+    /// Run as a Sentinel (`redis-server <dir>/sentinel.conf --sentinel`)
+    /// with this configuration (its `sentinel monitor …` lines).
+    pub sentinel_config: Option<String>,
     /// More `redis-server` arguments (for example `--tls-port` and its
     /// certificates; the plain port stays open for the harness).
     pub extra_args: Vec<String>,
@@ -84,7 +90,7 @@ impl RedisServer {
             };
             match server.spawn(&binary).await {
                 Ok(()) => {
-                    if server.options.cluster {
+                    if server.options.cluster && !server.options.cluster_member {
                         server.assign_all_slots().await;
                     }
                     return server;
@@ -105,6 +111,16 @@ impl RedisServer {
     /// `redis://127.0.0.1:<port>/`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The port of its cluster bus (cluster mode only).
+    pub fn cluster_port(&self) -> Option<u16> {
+        self.cluster_port
+    }
+
+    /// The process id of the running redis-server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The temporary directory Redis runs in.
@@ -150,7 +166,7 @@ impl RedisServer {
         while Instant::now() < deadline {
             match self.spawn(&binary).await {
                 Ok(()) => {
-                    if self.options.cluster {
+                    if self.options.cluster && !self.options.cluster_member {
                         self.assign_all_slots().await;
                     }
                     return;
@@ -189,6 +205,14 @@ impl RedisServer {
             .map_err(|e| format!("open redis log: {e}"))?;
         let log_err = log.try_clone().map_err(|e| e.to_string())?;
         let mut command = Command::new(binary);
+        if let Some(config) = &self.options.sentinel_config {
+            // A Sentinel rewrites its file: written once, kept on restart.
+            let path = self.dir.path().join("sentinel.conf");
+            if !path.exists() {
+                std::fs::write(&path, config).map_err(|e| format!("write sentinel.conf: {e}"))?;
+            }
+            command.arg(&path).arg("--sentinel");
+        }
         command
             .current_dir(self.dir.path())
             .args(["--port", &self.port.to_string()])
@@ -335,7 +359,7 @@ pub fn free_port() -> u16 {
     }
 }
 
-fn info_field(info: &str, name: &str) -> Option<String> {
+pub(crate) fn info_field(info: &str, name: &str) -> Option<String> {
     info.lines().find_map(|line| {
         let (key, value) = line.split_once(':')?;
         (key.trim() == name).then(|| value.trim().to_owned())

@@ -62,6 +62,11 @@ impl TestServer {
         match backend {
             Backend::Redis(redis) => Self::start(redis, extra_flags).await,
             Backend::Embedded => Self::start_with_config(embedded_config(extra_flags)).await,
+            Backend::Cluster(cluster, prefix) => {
+                let mut flags = vec!["--key-prefix", prefix.as_str()];
+                flags.extend_from_slice(extra_flags);
+                Self::start_with_url(&cluster.url(), &flags).await
+            }
         }
     }
 

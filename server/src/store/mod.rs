@@ -7,6 +7,7 @@
 
 mod codec;
 mod combine;
+pub mod conn;
 pub mod listing;
 mod memory;
 mod redis;
@@ -20,6 +21,7 @@ use jobctl_proto::v1::{self, JobState};
 use tokio_util::sync::CancellationToken;
 
 pub use self::codec::timestamp;
+pub use self::conn::{Target, WaitReplicas};
 pub use self::listing::{ListPage, ListQuery};
 pub use self::memory::MemoryStore;
 pub use self::redis::{RedisStore, StoreOptions};

@@ -5,15 +5,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use jobctl_proto::v1::{self, JobState};
 use prost::Message;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Value};
+use redis::aio::ConnectionManager;
+use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands, PushInfo, Value};
+use tokio::sync::mpsc;
 
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{self, Record, Reply, encode_map};
 use super::combine::{Combiner, Write};
+use super::conn::{self, RedisConn, Sentinel, Target, WaitReplicas};
 use super::scripts::Scripts;
 use super::submits::{Created, Writer};
 use super::{
@@ -41,12 +46,27 @@ pub struct StoreOptions {
     pub event_cap: u32,
     /// How long an idempotency key is remembered.
     pub idempotency_ttl: Duration,
+    /// A `WAIT` after every transition (`--redis-wait-replicas`).
+    pub wait_replicas: Option<WaitReplicas>,
 }
 
-/// The job store over one Redis.
+/// Where the signal subscription connects.
+enum Subscriber {
+    /// One Redis: a connection of its own (SUBSCRIBE, PSUBSCRIBE).
+    Single(Box<redis::Client>),
+    /// The master the Sentinels name, asked again after each lost
+    /// subscription.
+    Sentinel(Arc<Sentinel>),
+    /// A cluster: sharded subscriptions on the store's own cluster
+    /// connection (RESP3 pushes arrive on the receiver), taken by the relay.
+    Cluster(Mutex<Option<(ClusterConnection, mpsc::UnboundedReceiver<PushInfo>)>>),
+}
+
+/// The job store over one Redis, a Redis Cluster or a Sentinel-managed
+/// Redis ([`Target`]).
 pub struct RedisStore {
-    conn: ConnectionManager,
-    client: redis::Client,
+    conn: RedisConn,
+    subscriber: Subscriber,
     keys: Keyspace,
     scripts: Scripts,
     options: StoreOptions,
@@ -106,7 +126,7 @@ pub struct OwnedCompletion {
 
 /// Ends running attempts of one queue with success: `complete_batch.lua`.
 struct Completer {
-    conn: ConnectionManager,
+    conn: RedisConn,
     script: redis::Script,
     cap: u32,
 }
@@ -193,23 +213,65 @@ impl RedisStore {
         options: StoreOptions,
     ) -> Result<Self> {
         // Never echo the URL: it may hold a password.
-        let client = match tls {
-            Some(certs) => redis::Client::build_with_tls(url, certs),
-            None => redis::Client::open(url),
-        }
-        .map_err(|e| Error::Startup(format!("invalid redis url: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| Error::Startup(format!("redis connection: {e}")))?;
-        let keys = Keyspace::new(&options.key_prefix);
-        let scripts = Scripts::new();
+        let target = Target::parse(url)?;
+        let (conn, subscriber) = match &target {
+            Target::Single(url) => {
+                let client = match tls {
+                    Some(certs) => redis::Client::build_with_tls(url.as_str(), certs),
+                    None => redis::Client::open(url.as_str()),
+                }
+                .map_err(|e| Error::Startup(format!("invalid redis url: {e}")))?;
+                let conn =
+                    ConnectionManager::new_lazy_with_config(client.clone(), conn::manager_config())
+                        .map_err(|e| Error::Startup(format!("redis connection: {e}")))?;
+                (
+                    RedisConn::single(conn),
+                    Subscriber::Single(Box::new(client)),
+                )
+            }
+            Target::Cluster(nodes) => {
+                let (pushes, received) = mpsc::unbounded_channel();
+                let mut builder = ClusterClientBuilder::new(nodes.clone())
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .push_sender(pushes)
+                    .retries(conn::CLUSTER_RETRIES)
+                    .min_retry_wait(conn::CLUSTER_MIN_RETRY_WAIT_MS)
+                    .max_retry_wait(conn::CLUSTER_MAX_RETRY_WAIT_MS)
+                    .overall_response_timeout(Some(conn::RESPONSE_TIMEOUT));
+                if let Some(certs) = tls {
+                    builder = builder.certs(certs);
+                }
+                let client = builder
+                    .build()
+                    .map_err(|e| Error::Startup(format!("invalid redis cluster url: {e}")))?;
+                let cluster = client.get_pending_async_connection_with_config(
+                    ClusterConfig::new()
+                        .set_connection_timeout(conn::CONNECT_TIMEOUT)
+                        .set_response_timeout(conn::RESPONSE_TIMEOUT),
+                );
+                (
+                    RedisConn::cluster(cluster.clone()),
+                    Subscriber::Cluster(Mutex::new(Some((cluster, received)))),
+                )
+            }
+            Target::Sentinel { .. } => {
+                let sentinel = Sentinel::new(&target, tls)?;
+                (
+                    RedisConn::sentinel(sentinel.clone()),
+                    Subscriber::Sentinel(sentinel),
+                )
+            }
+        };
+        let conn = conn.waiting(options.wait_replicas);
+        let keys = if target.is_cluster() {
+            Keyspace::sharded(&options.key_prefix)
+        } else {
+            Keyspace::new(&options.key_prefix)
+        };
+        let scripts = Scripts::new(target.is_cluster());
         let writer = Writer {
             conn: conn.clone(),
             script: scripts.submit_batch.clone(),
-            wake_channel: keys.wake_channel(),
             idempotency_ttl_ms: u64::try_from(options.idempotency_ttl.as_millis())
                 .unwrap_or(u64::MAX),
         };
@@ -220,7 +282,7 @@ impl RedisStore {
         };
         Ok(RedisStore {
             conn,
-            client,
+            subscriber,
             keys,
             scripts,
             submits: Combiner::new(writer),
@@ -270,12 +332,7 @@ impl RedisStore {
         &self.keys
     }
 
-    /// The client, for connections of their own (the wake subscription).
-    pub fn client(&self) -> &redis::Client {
-        &self.client
-    }
-
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> RedisConn {
         self.conn.clone()
     }
 
@@ -316,7 +373,8 @@ impl RedisStore {
     /// every replica at once: the scripts re-check each job on Redis's clock.
     async fn maintain_queue(&self, ns: &str, queue: &str) -> Result<Maintained> {
         let qk = self.keys.queue(ns, queue);
-        let mut conn = self.conn();
+        // No caller waits for these writes: no WAIT.
+        let mut conn = self.conn.without_wait();
         let mut out = Maintained::default();
         let batch = isize::try_from(MAINTENANCE_BATCH).unwrap_or(100) - 1;
         loop {
@@ -346,9 +404,7 @@ impl RedisStore {
                 let mut inv = self.scripts.promote.prepare_invoke();
                 inv.key(qk.sched()).key(qk.ready()).key(qk.seq());
                 with_job_keys(&mut inv, &qk, &to_promote);
-                inv.arg(self.cap())
-                    .arg(self.keys.wake_channel())
-                    .arg(qk.tag());
+                inv.arg(self.cap()).arg(qk.wake_channel()).arg(qk.tag());
                 with_ids(&mut inv, &to_promote);
                 let n: u64 = inv.invoke_async(&mut conn).await?;
                 out.promoted += n;
@@ -376,7 +432,7 @@ impl RedisStore {
                     .arg(jitter())
                     .arg(expired.encode_to_vec())
                     .arg(timed_out.encode_to_vec())
-                    .arg(self.keys.wake_channel())
+                    .arg(qk.wake_channel())
                     .arg(qk.tag());
                 with_ids(&mut inv, &to_reap);
                 let reaped: Vec<String> = inv.invoke_async(&mut conn).await?;
@@ -466,9 +522,30 @@ impl Store for RedisStore {
     }
 
     async fn relay_signals(&self, signals: Arc<Signals>, shutdown: CancellationToken) {
-        signals
-            .relay(self.client.clone(), &self.keys, shutdown)
-            .await;
+        match &self.subscriber {
+            Subscriber::Single(client) => {
+                let client = (**client).clone();
+                let source: conn::ClientSource =
+                    Box::new(move || futures::future::ready(Ok(client.clone())).boxed());
+                signals.relay(source, &self.keys, shutdown).await;
+            }
+            Subscriber::Sentinel(sentinel) => {
+                let sentinel = sentinel.clone();
+                let source: conn::ClientSource = Box::new(move || {
+                    let sentinel = sentinel.clone();
+                    async move { sentinel.master_client().await }.boxed()
+                });
+                signals.relay(source, &self.keys, shutdown).await;
+            }
+            Subscriber::Cluster(taken) => {
+                let Some((cluster, pushes)) = lock(taken).take() else {
+                    return;
+                };
+                signals
+                    .relay_sharded(cluster, pushes, &self.keys, shutdown)
+                    .await;
+            }
+        }
     }
 
     async fn events(
@@ -772,7 +849,7 @@ impl Store for RedisStore {
             .arg(jitter())
             .arg(if checkpoint.is_some() { "1" } else { "0" })
             .arg(checkpoint.unwrap_or_default())
-            .arg(self.keys.wake_channel())
+            .arg(qk.wake_channel())
             .arg(qk.tag())
             .invoke_async(&mut self.conn())
             .await?;
@@ -814,7 +891,7 @@ impl Store for RedisStore {
             .arg(self.cap())
             .arg(if checkpoint.is_some() { "1" } else { "0" })
             .arg(checkpoint.unwrap_or_default())
-            .arg(self.keys.wake_channel())
+            .arg(qk.wake_channel())
             .arg(qk.tag())
             .invoke_async(&mut self.conn())
             .await?;
@@ -839,7 +916,7 @@ impl Store for RedisStore {
             .key(qk.seq())
             .arg(id.to_string())
             .arg(self.cap())
-            .arg(self.keys.wake_channel())
+            .arg(qk.wake_channel())
             .arg(qk.tag())
             .invoke_async(&mut self.conn())
             .await?;

@@ -1,6 +1,6 @@
 //! How the Redis store writes new jobs: `submit_batch.lua`, for a
 //! `SubmitBatch` (all or none) and for single `Submit`s, which are
-//! coalesced per queue.
+//! combined per queue.
 //!
 //! Single `Submit`s go through the queue's lane of `combine.rs`: an idle
 //! queue's Submit is written at once by its own call; the Submits that
@@ -9,15 +9,16 @@
 //! own answer). That halves Redis's time per single Submit under
 //! concurrency and sends one command instead of many.
 
+use jobctl_proto::v1::JobState;
+use redis::Value;
+
 use super::codec::{self, Reply};
 use super::combine::Write;
+use super::conn::RedisConn;
 use super::redis::job_fields;
 use crate::error::{Error, Result};
 use crate::keys::QueueKeys;
 use crate::model::NewJob;
-use jobctl_proto::v1::JobState;
-use redis::Value;
-use redis::aio::ConnectionManager;
 
 /// One job's outcome in submit_batch.lua's reply.
 #[derive(Debug)]
@@ -46,9 +47,8 @@ pub struct BatchConflict {
 /// What writing jobs needs.
 #[derive(Clone)]
 pub struct Writer {
-    pub conn: ConnectionManager,
+    pub conn: RedisConn,
     pub script: redis::Script,
-    pub wake_channel: String,
     pub idempotency_ttl_ms: u64,
 }
 
@@ -72,7 +72,7 @@ impl Writer {
         }
         inv.key(qk.all());
         inv.arg(self.idempotency_ttl_ms.max(1))
-            .arg(&self.wake_channel)
+            .arg(qk.wake_channel())
             .arg(qk.tag())
             .arg(if independent { "1" } else { "0" })
             .arg(jobs.len());

@@ -15,8 +15,10 @@
 mod auth;
 mod availability;
 mod browser;
+mod cluster;
 mod conformance;
 mod dashboard;
 mod invariants;
 mod performance;
+mod sentinel;
 mod telemetry;

@@ -1,5 +1,8 @@
 -- Prelude prepended to every jobctl script: constants and helpers only.
 -- Nothing here builds a key name: every key a script touches arrives in KEYS.
+-- PUBLISH (defined in front of this by scripts.rs) is the publish command:
+-- PUBLISH on one Redis, SPUBLISH on a Redis Cluster (sharded pub/sub; every
+-- channel a script publishes on lies in its queue's slot).
 --
 -- Job hash fields: k kind, p payload (or pn pieces of at most 64
 -- bytes in p1, p2, ...: so the record stays a compact listpack), o the
@@ -119,7 +122,7 @@ local function append_event(job, ei, wt, ev, cap, seq, kind, state, now, attempt
     redis.call(unpack(args))
   end
   -- Watchers learn of it on a channel named after the stream (not a key).
-  if wt then redis.call('PUBLISH', ev, seq) end
+  if wt then redis.call(PUBLISH, ev, seq) end
 end
 
 -- Records an event with the next sequence number (see append_event).
@@ -193,7 +196,7 @@ local function fail_attempt(k, id, err, retryable, retry_after, rnd, cap, now, c
       redis.call('HSET', k.job, 'st', S_QUEUED, 'ra', fmt(now), 'ua', fmt(now))
       enqueue(k.job, k.ready, k.seq, id)
       add_event(k.job, k.ev, cap, E_STATE, S_QUEUED, now, { 'e', err })
-      redis.call('PUBLISH', chan, msg)
+      redis.call(PUBLISH, chan, msg)
       return { S_QUEUED, now }
     end
     local run_at = now + delay

@@ -21,5 +21,5 @@ for i = 4, #ARGV do
     end
   end
 end
-if n > 0 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+if n > 0 then redis.call(PUBLISH, ARGV[2], ARGV[3]) end
 return n

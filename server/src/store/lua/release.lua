@@ -20,5 +20,5 @@ redis.call('HINCRBY', KEYS[1], 'a', -1)
 redis.call('HSET', KEYS[1], 'st', S_QUEUED, 'ra', fmt(now), 'ua', fmt(now))
 enqueue(KEYS[1], KEYS[4], KEYS[5], ARGV[1])
 add_event(KEYS[1], KEYS[2], ARGV[3], E_STATE, S_QUEUED, now)
-redis.call('PUBLISH', ARGV[6], ARGV[7])
+redis.call(PUBLISH, ARGV[6], ARGV[7])
 return { 'ok', S_QUEUED }

@@ -16,5 +16,5 @@ redis.call('HDEL', KEYS[1], 'fa', 'ex', 'tok')
 redis.call('HSET', KEYS[1], 'st', S_QUEUED, 'a', 0, 'ra', fmt(now), 'ua', fmt(now))
 enqueue(KEYS[1], KEYS[3], KEYS[6], ARGV[1])
 add_event(KEYS[1], KEYS[2], ARGV[2], E_STATE, S_QUEUED, now)
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+redis.call(PUBLISH, ARGV[3], ARGV[4])
 return { 'ok', S_QUEUED }

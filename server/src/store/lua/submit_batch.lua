@@ -93,7 +93,7 @@ if #ready > 0 then
     add[#add + 1] = ready[k]
   end
   redis.call(unpack(add))
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  redis.call(PUBLISH, ARGV[2], ARGV[3])
 end
 if #sched > 2 then redis.call(unpack(sched)) end
 if #all > 2 then redis.call(unpack(all)) end

@@ -175,7 +175,7 @@ impl RedisStore {
                 .scripts
                 .resume
                 .key(qk.paused())
-                .arg(self.keys.wake_channel())
+                .arg(qk.wake_channel())
                 .arg(qk.tag())
                 .invoke_async(&mut self.conn())
                 .await?;
@@ -261,7 +261,7 @@ impl RedisStore {
                     .key(qk.seq())
                     .arg(id.to_string())
                     .arg(self.cap())
-                    .arg(self.keys.wake_channel())
+                    .arg(qk.wake_channel())
                     .arg(qk.tag());
                 pipe.invoke_script(&inv);
             }

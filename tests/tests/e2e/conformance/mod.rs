@@ -14,10 +14,10 @@
 mod admin;
 mod batches;
 mod invariants;
-mod lifecycle;
+pub(crate) mod lifecycle;
 mod limits;
 mod malformed;
 mod model;
-mod watch;
+pub(crate) mod watch;
 mod worker_processes;
 mod worker_sdk;
