@@ -256,7 +256,12 @@ fn start_in_process(redis_url: &str) -> Result<(String, Server), String> {
         .name("jobctl-server".into())
         .spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+                .worker_threads(
+                    std::env::var("JOBCTL_BENCH_SERVER_THREADS")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(2),
+                )
                 .thread_name("jobctl-server")
                 .enable_all()
                 .build();

@@ -20,6 +20,12 @@ pub use report::Metric;
 pub enum Workload {
     /// Jobs/s accepted: single Submit from concurrent clients, and SubmitBatch.
     Submit,
+    /// One producer, one Submit at a time: jobs/s and each call's latency.
+    SubmitSeq,
+    /// Jobs/s from a preloaded queue through plain loops on the raw contract
+    /// (Lease 100, then one Complete per job; then one CompleteBatch per
+    /// lease), as a worker in any language would.
+    Workers,
     /// Jobs/s from a preloaded queue through the Rust worker SDK, and Redis
     /// commands per job (INFO commandstats) by command.
     Drain,
@@ -58,8 +64,9 @@ pub struct Options {
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
 
-    /// Jobs per run: drain 100,000; submit 20,000 single and 100,000
-    /// batched; memory 1,000,000; list 1,000,000; round trip 2,000.
+    /// Jobs per run: drain and workers 100,000; submit 20,000 single and
+    /// 100,000 batched; submit-seq 20,000; memory 1,000,000; list
+    /// 1,000,000; round trip 2,000.
     #[arg(long)]
     pub jobs: Option<usize>,
 
@@ -74,6 +81,10 @@ pub struct Options {
     /// Worker processes' worth of SDK workers (each its own connection).
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+
+    /// Lease-and-complete loops of the workers workload.
+    #[arg(long, default_value_t = 8)]
+    pub loops: usize,
 
     /// Jobs each worker runs at once.
     #[arg(long, default_value_t = 128)]
@@ -131,6 +142,8 @@ impl Options {
 pub fn workload_name(w: Workload) -> &'static str {
     match w {
         Workload::Submit => "submit",
+        Workload::SubmitSeq => "submit-seq",
+        Workload::Workers => "workers",
         Workload::Drain => "drain",
         Workload::Roundtrip => "roundtrip",
         Workload::Fanout => "fanout",
@@ -148,7 +161,9 @@ pub fn workload_name(w: Workload) -> &'static str {
 pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Metric>, String> {
     let all = [
         Workload::Submit,
+        Workload::SubmitSeq,
         Workload::Drain,
+        Workload::Workers,
         Workload::Roundtrip,
         Workload::Fanout,
         Workload::Memory,
@@ -166,6 +181,8 @@ pub async fn run(options: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Metri
         progress(&format!("== {}", workload_name(w)));
         let found = match w {
             Workload::Submit => workloads::submit(options, progress).await?,
+            Workload::SubmitSeq => workloads::submit_seq(options, progress).await?,
+            Workload::Workers => workloads::workers(options, progress).await?,
             Workload::Drain => workloads::drain(options, progress).await?,
             Workload::Roundtrip => workloads::roundtrip(options, progress).await?,
             Workload::Fanout => workloads::fanout(options, progress).await?,

@@ -11,8 +11,8 @@ use jobctl_proto::v1::admin_service_client::AdminServiceClient;
 use jobctl_proto::v1::job_service_client::JobServiceClient;
 use jobctl_proto::v1::worker_service_client::WorkerServiceClient;
 use jobctl_proto::v1::{
-    CompleteRequest, EventKind, JobFilter, JobState, LeaseRequest, ListJobsRequest, ListOrder,
-    SubmitBatchRequest, SubmitRequest, WatchProgressRequest,
+    CompleteBatchRequest, CompleteRequest, EventKind, JobFilter, JobState, LeaseRequest,
+    ListJobsRequest, ListOrder, SubmitBatchRequest, SubmitRequest, WatchProgressRequest,
 };
 use jobctl_worker::{JobContext, Worker};
 use tokio::sync::Semaphore;
@@ -183,6 +183,176 @@ pub async fn submit(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> 
     let mut out = vec![single, batched];
     out.extend(cpu.metrics());
     Ok(out)
+}
+
+/// One producer submitting one job at a time, as a web request does: the
+/// rate, each call's latency, and CPU per job.
+pub async fn submit_seq(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> {
+    let env = Env::start(o).await?;
+    let mut client = JobServiceClient::new(env.channel());
+    let mut rate = Metric::new("submit_seq", "jobs_per_sec", "jobs/s").target(">= 6,000");
+    let mut p50 = Metric::new("submit_seq", "p50", "ms");
+    let mut p99 = Metric::new("submit_seq", "p99", "ms").target("<= 0.5");
+    let mut p999 = Metric::new("submit_seq", "p99.9", "ms");
+    let mut cpu = CpuPerJob::new("submit_seq", &["single"]);
+    // The floor: one gRPC round trip through the same server (a health
+    // check: no store) plus one Redis round trip (PING) from this process.
+    let mut grpc_floor = Metric::new("submit_seq", "floor_grpc_health_p50", "ms");
+    let mut redis_floor = Metric::new("submit_seq", "floor_redis_ping_p50", "ms");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(env.channel());
+    let mut redis = env.redis().await;
+    for run in 0..o.runs {
+        let n = o.jobs.unwrap_or(20_000);
+        let (mut hg, mut hr) = (histogram(), histogram());
+        for _ in 0..n.min(5_000) {
+            let call = Instant::now();
+            health
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .map_err(err("health check"))?;
+            let _ = hg.record(call.elapsed().as_micros() as u64);
+            if let Some(conn) = redis.as_mut() {
+                let call = Instant::now();
+                let _: redis::RedisResult<String> = redis::cmd("PING").query_async(conn).await;
+                let _ = hr.record(call.elapsed().as_micros() as u64);
+            }
+        }
+        grpc_floor.values.push(quantile_ms(&hg, 0.5));
+        if redis.is_some() {
+            redis_floor.values.push(quantile_ms(&hr, 0.5));
+        }
+        let queue = format!("submit-seq-{run}");
+        for _ in 0..200.min(n) {
+            client.submit(job(&queue)).await.map_err(err("submit"))?;
+        }
+        let mut h = histogram();
+        let cpu_before = env.cpu().await;
+        let started = Instant::now();
+        for _ in 0..n {
+            let call = Instant::now();
+            client.submit(job(&queue)).await.map_err(err("submit"))?;
+            let _ = h.record(call.elapsed().as_micros() as u64);
+        }
+        let r = n as f64 / started.elapsed().as_secs_f64();
+        let cpu_text = cpu.add(0, n, cpu_before, env.cpu().await);
+        progress(&format!(
+            "submit-seq run {run}: {r:.0} jobs/s, p50 {:.3} ms, p99 {:.3} ms; {cpu_text}",
+            quantile_ms(&h, 0.5),
+            quantile_ms(&h, 0.99)
+        ));
+        rate.values.push(r);
+        p50.values.push(quantile_ms(&h, 0.5));
+        p99.values.push(quantile_ms(&h, 0.99));
+        p999.values.push(quantile_ms(&h, 0.999));
+    }
+    let mut out = vec![rate, p50, p99, p999, grpc_floor];
+    if !redis_floor.values.is_empty() {
+        out.push(redis_floor);
+    }
+    out.extend(cpu.metrics());
+    Ok(out)
+}
+
+/// A preloaded queue drained by `--loops` plain loops on the raw contract,
+/// each on its own connection: Lease up to 100, then one `Complete` per
+/// job in turn; then the same with one `CompleteBatch` per lease.
+pub async fn workers(o: &Options, progress: Progress<'_>) -> Result<Vec<Metric>> {
+    let n = o.jobs.unwrap_or(100_000);
+    let env = Env::start(o).await?;
+    let mut single = Metric::new("workers", "complete_jobs_per_sec", "jobs/s").target(">= 30,000");
+    let mut batched =
+        Metric::new("workers", "complete_batch_jobs_per_sec", "jobs/s").target(">= 50,000");
+    let mut cpu = CpuPerJob::new("workers", &["complete", "complete_batch"]);
+    for run in 0..o.runs {
+        for (phase, batch) in [(0, false), (1, true)] {
+            let queue = format!("workers-{run}-{phase}");
+            preload(&env, &queue, n).await?;
+            let done = Arc::new(AtomicUsize::new(0));
+            let cpu_before = env.cpu().await;
+            let started = Instant::now();
+            let mut tasks = JoinSet::new();
+            for i in 0..o.loops.max(1) {
+                let mut client = WorkerServiceClient::new(env.channel());
+                let (done, queue) = (done.clone(), queue.clone());
+                tasks.spawn(async move {
+                    plain_worker(&mut client, &format!("loop-{i}"), &queue, n, &done, batch).await
+                });
+            }
+            join_all(tasks).await?;
+            let r = n as f64 / started.elapsed().as_secs_f64();
+            let cpu_text = cpu.add(phase, n, cpu_before, env.cpu().await);
+            let how = if batch { "CompleteBatch" } else { "Complete" };
+            progress(&format!(
+                "workers run {run}: {r:.0} jobs/s with {how}; {cpu_text}"
+            ));
+            if batch {
+                batched.values.push(r);
+            } else {
+                single.values.push(r);
+            }
+        }
+    }
+    let mut out = vec![single, batched];
+    out.extend(cpu.metrics());
+    Ok(out)
+}
+
+/// One loop of the workers workload, until `n` jobs of the queue are done.
+async fn plain_worker(
+    client: &mut WorkerServiceClient<Channel>,
+    worker_id: &str,
+    queue: &str,
+    n: usize,
+    done: &AtomicUsize,
+    batch: bool,
+) -> Result<()> {
+    while done.load(Ordering::Relaxed) < n {
+        let jobs = client
+            .lease(LeaseRequest {
+                worker_id: worker_id.into(),
+                queues: vec![queue.into()],
+                max_jobs: 100,
+                wait: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 100_000_000,
+                }),
+            })
+            .await
+            .map_err(err("lease"))?
+            .into_inner()
+            .jobs;
+        let count = jobs.len();
+        if batch {
+            let completions = jobs
+                .into_iter()
+                .map(|j| CompleteRequest {
+                    job_id: j.job_id,
+                    lease_token: j.lease_token,
+                    result: Vec::new(),
+                })
+                .collect();
+            client
+                .complete_batch(CompleteBatchRequest {
+                    completions,
+                    ..CompleteBatchRequest::default()
+                })
+                .await
+                .map_err(err("complete batch"))?;
+        } else {
+            for j in jobs {
+                client
+                    .complete(CompleteRequest {
+                        job_id: j.job_id,
+                        lease_token: j.lease_token,
+                        result: Vec::new(),
+                    })
+                    .await
+                    .map_err(err("complete"))?;
+            }
+        }
+        done.fetch_add(count, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 /// CPU microseconds per job of Redis and of the bench process (the

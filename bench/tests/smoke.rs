@@ -38,10 +38,16 @@ fn find<'a>(metrics: &'a [Metric], name: &str) -> &'a Metric {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn submit_and_drain_measure_rates_and_redis_commands() {
+async fn submit_workers_and_drain_measure_rates_and_redis_commands() {
     let submit = run(Workload::Submit).await;
     assert!(find(&submit, "single_jobs_per_sec").median() > 0.0);
     assert!(find(&submit, "batch_jobs_per_sec").median() > 0.0);
+    let seq = run(Workload::SubmitSeq).await;
+    assert!(find(&seq, "jobs_per_sec").median() > 0.0);
+    assert!(find(&seq, "p99").median() >= find(&seq, "p50").median());
+    let workers = run(Workload::Workers).await;
+    assert!(find(&workers, "complete_jobs_per_sec").median() > 0.0);
+    assert!(find(&workers, "complete_batch_jobs_per_sec").median() > 0.0);
     let drain = run(Workload::Drain).await;
     assert!(find(&drain, "jobs_per_sec").median() > 0.0);
     assert!(find(&drain, "redis_commands_per_job").median() > 1.0);

@@ -6,6 +6,7 @@
 //! (the embedded mode and the test harness). Both pass one conformance suite.
 
 mod codec;
+mod combine;
 pub mod conn;
 pub mod listing;
 mod memory;

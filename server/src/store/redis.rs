@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 mod schedules;
 
 use super::codec::{self, Record, Reply, encode_map};
+use super::combine::{Combiner, Write};
 use super::conn::{self, RedisConn, Sentinel, Target, WaitReplicas};
 use super::scripts::Scripts;
-use super::submits::{Coalescer, Created, Writer};
+use super::submits::{Created, Writer};
 use super::{
     AttemptEnded, Completion, Failure, Heartbeat, Leased, Maintained, Maintenance, Store, Submitted,
 };
@@ -79,10 +80,12 @@ pub struct RedisStore {
     /// The registry as last read by the maintenance pass, and the passes
     /// since.
     registry_cache: Mutex<(u32, Vec<(String, String)>)>,
-    /// Writes new jobs (submit_batch.lua).
-    writer: Writer,
-    /// Each queue's writer task for single Submits.
-    coalescer: Coalescer,
+    /// Writes new jobs (submit_batch.lua): SubmitBatch directly, single
+    /// Submits combined per queue.
+    submits: Combiner<Writer>,
+    /// Ends attempts with success (complete_batch.lua): CompleteBatch
+    /// directly, single Completes combined per queue.
+    completes: Combiner<Completer>,
 }
 
 /// The maintenance pass reads the queue registry every this many passes
@@ -114,6 +117,86 @@ fn state_name(state: JobState) -> &'static str {
 
 fn jitter() -> String {
     rand::random::<f64>().to_string()
+}
+
+/// A single Complete's call, owned so that it can wait in its queue's lane.
+pub struct OwnedCompletion {
+    id: JobId,
+    token: String,
+    result: Vec<u8>,
+}
+
+/// Ends running attempts of one queue with success: `complete_batch.lua`.
+struct Completer {
+    conn: RedisConn,
+    script: redis::Script,
+    cap: u32,
+}
+
+impl Completer {
+    /// One script call for `items` (all of `qk`'s queue), one answer each.
+    async fn complete(
+        &self,
+        qk: &QueueKeys,
+        items: &[&Completion<'_>],
+    ) -> Result<Vec<Result<AttemptEnded>>> {
+        let mut inv = self.script.prepare_invoke();
+        inv.key(qk.active()).key(qk.done());
+        for c in items {
+            inv.key(qk.job(&c.id)).key(qk.events(&c.id));
+        }
+        inv.arg(self.cap);
+        for c in items {
+            inv.arg(c.id.to_string()).arg(c.token).arg(c.result);
+        }
+        let value: Value = inv.invoke_async(&mut self.conn.clone()).await?;
+        let Value::Array(entries) = value else {
+            return Err(Error::Corrupt("unexpected complete batch reply".into()));
+        };
+        if entries.len() != items.len() {
+            return Err(Error::Corrupt(
+                "complete batch reply of the wrong length".into(),
+            ));
+        }
+        items
+            .iter()
+            .zip(&entries)
+            .map(|(c, entry)| {
+                let reply = Reply::of(entry)?;
+                Ok(match reply.str(0) {
+                    "ok" => Ok(AttemptEnded {
+                        state: codec::state(reply.int(1)),
+                        retry_in: None,
+                        run_time: (reply.int(2) >= 0).then(|| reply.millis(2)),
+                    }),
+                    _ => Err(refusal(&reply, &c.id, "complete")),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Single Completes, combined per queue.
+impl Write for Completer {
+    type Call = OwnedCompletion;
+    type Answer = Result<AttemptEnded>;
+
+    async fn write(
+        &self,
+        qk: &QueueKeys,
+        calls: Vec<OwnedCompletion>,
+    ) -> Result<Vec<Result<AttemptEnded>>> {
+        let items: Vec<Completion<'_>> = calls
+            .iter()
+            .map(|c| Completion {
+                id: c.id.clone(),
+                token: &c.token,
+                result: &c.result,
+            })
+            .collect();
+        let refs: Vec<&Completion<'_>> = items.iter().collect();
+        self.complete(qk, &refs).await
+    }
 }
 
 impl RedisStore {
@@ -194,13 +277,18 @@ impl RedisStore {
             idempotency_ttl_ms: u64::try_from(options.idempotency_ttl.as_millis())
                 .unwrap_or(u64::MAX),
         };
+        let completer = Completer {
+            conn: conn.clone(),
+            script: scripts.complete_batch.clone(),
+            cap: options.event_cap,
+        };
         Ok(RedisStore {
             conn,
             subscriber,
             keys,
             scripts,
-            writer,
-            coalescer: Coalescer::default(),
+            submits: Combiner::new(writer),
+            completes: Combiner::new(completer),
             options,
             lease_locks: Mutex::new(HashMap::new()),
             registered: Mutex::new(HashMap::new()),
@@ -524,10 +612,7 @@ impl Store for RedisStore {
     async fn submit(&self, ns: &str, job: &NewJob) -> Result<Submitted> {
         let qk = self.keys.queue(ns, job.queue());
         self.register(&qk).await?;
-        let created = self
-            .coalescer
-            .submit(&self.writer, &qk, job.clone())
-            .await?;
+        let created = self.submits.call(&qk, job.clone()).await?;
         let states = self
             .duplicate_states(ns, std::slice::from_ref(&created))
             .await?;
@@ -547,7 +632,7 @@ impl Store for RedisStore {
         }
         let qk = self.keys.queue(ns, first.queue());
         self.register(&qk).await?;
-        match self.writer.write(&qk, jobs, false).await? {
+        match self.submits.inner().write(&qk, jobs, false).await? {
             Ok(created) => {
                 let states = self.duplicate_states(ns, &created).await?;
                 created
@@ -693,6 +778,8 @@ impl Store for RedisStore {
         }
     }
 
+    /// Combined with the queue's other Completes waiting (`combine.rs`),
+    /// each checked against its own lease token.
     async fn complete(
         &self,
         ns: &str,
@@ -701,28 +788,12 @@ impl Store for RedisStore {
         result: &[u8],
     ) -> Result<AttemptEnded> {
         let qk = self.keys.queue(ns, id.queue());
-        let value: Value = self
-            .scripts
-            .complete
-            .key(qk.job(id))
-            .key(qk.events(id))
-            .key(qk.active())
-            .key(qk.done())
-            .arg(id.to_string())
-            .arg(token)
-            .arg(self.cap())
-            .arg(result)
-            .invoke_async(&mut self.conn())
-            .await?;
-        let reply = Reply::of(&value)?;
-        match reply.str(0) {
-            "ok" => Ok(AttemptEnded {
-                state: codec::state(reply.int(1)),
-                retry_in: None,
-                run_time: (reply.int(2) >= 0).then(|| reply.millis(2)),
-            }),
-            _ => Err(refusal(&reply, id, "complete")),
-        }
+        let call = OwnedCompletion {
+            id: id.clone(),
+            token: token.to_owned(),
+            result: result.to_vec(),
+        };
+        self.completes.call(&qk, call).await?
     }
 
     /// One script call per queue named (normally one).
@@ -735,42 +806,15 @@ impl Store for RedisStore {
         let mut queues: Vec<&str> = completions.iter().map(|c| c.id.queue()).collect();
         queues.sort_unstable();
         queues.dedup();
-        let mut conn = self.conn();
         for queue in queues {
             let qk = self.keys.queue(ns, queue);
             let group: Vec<usize> = (0..completions.len())
                 .filter(|&i| completions[i].id.queue() == queue)
                 .collect();
-            let mut inv = self.scripts.complete_batch.prepare_invoke();
-            inv.key(qk.active()).key(qk.done());
-            for &i in &group {
-                let id = &completions[i].id;
-                inv.key(qk.job(id)).key(qk.events(id));
-            }
-            inv.arg(self.cap());
-            for &i in &group {
-                let c = &completions[i];
-                inv.arg(c.id.to_string()).arg(c.token).arg(c.result);
-            }
-            let value: Value = inv.invoke_async(&mut conn).await?;
-            let Value::Array(entries) = value else {
-                return Err(Error::Corrupt("unexpected complete batch reply".into()));
-            };
-            if entries.len() != group.len() {
-                return Err(Error::Corrupt(
-                    "complete batch reply of the wrong length".into(),
-                ));
-            }
-            for (&i, entry) in group.iter().zip(&entries) {
-                let reply = Reply::of(entry)?;
-                out[i] = Some(match reply.str(0) {
-                    "ok" => Ok(AttemptEnded {
-                        state: codec::state(reply.int(1)),
-                        retry_in: None,
-                        run_time: (reply.int(2) >= 0).then(|| reply.millis(2)),
-                    }),
-                    _ => Err(refusal(&reply, &completions[i].id, "complete")),
-                });
+            let items: Vec<&Completion<'_>> = group.iter().map(|&i| &completions[i]).collect();
+            let answers = self.completes.inner().complete(&qk, &items).await?;
+            for (&i, answer) in group.iter().zip(answers) {
+                out[i] = Some(answer);
             }
         }
         Ok(out

@@ -1,36 +1,24 @@
 //! How the Redis store writes new jobs: `submit_batch.lua`, for a
 //! `SubmitBatch` (all or none) and for single `Submit`s, which are
-//! coalesced per queue.
+//! combined per queue.
 //!
-//! Each queue that receives `Submit`s gets a writer task. A `Submit` hands
-//! its job to the task and waits for its answer; the task takes every job
-//! already waiting (up to [`COALESCE`]) and writes them with one script
-//! call, each job standing alone (its own idempotency check, its own
-//! answer). Nothing waits to fill a batch: an idle queue's Submit is
-//! written at once, a busy queue's are written together while the previous
-//! call is in flight. That halves Redis's time per single Submit under
+//! Single `Submit`s go through the queue's lane of `combine.rs`: an idle
+//! queue's Submit is written at once by its own call; the Submits that
+//! arrive while a write is in flight are written together by the next
+//! script call, each job standing alone (its own idempotency check, its
+//! own answer). That halves Redis's time per single Submit under
 //! concurrency and sends one command instead of many.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Duration;
 
 use jobctl_proto::v1::JobState;
 use redis::Value;
-use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{self, Reply};
+use super::combine::Write;
 use super::conn::RedisConn;
 use super::redis::job_fields;
 use crate::error::{Error, Result};
 use crate::keys::QueueKeys;
 use crate::model::NewJob;
-
-/// The most single Submits one script call writes.
-const COALESCE: usize = 256;
-/// A queue's writer task ends after this long without a Submit (the next
-/// one starts another).
-const IDLE: Duration = Duration::from_secs(30);
 
 /// One job's outcome in submit_batch.lua's reply.
 #[derive(Debug)]
@@ -56,7 +44,7 @@ pub struct BatchConflict {
     pub job_id: String,
 }
 
-/// What writing jobs needs, cloned into each queue's writer task.
+/// What writing jobs needs.
 #[derive(Clone)]
 pub struct Writer {
     pub conn: RedisConn,
@@ -153,112 +141,18 @@ impl Writer {
     }
 }
 
-struct Pending {
-    job: NewJob,
-    reply: oneshot::Sender<Result<Created>>,
-}
+/// Single Submits, combined per queue (`combine.rs`): each job stands
+/// alone in the script call.
+impl Write for Writer {
+    type Call = NewJob;
+    type Answer = Created;
 
-/// The writer tasks of the queues that receive Submits, by queue tag.
-#[derive(Default)]
-pub struct Coalescer {
-    queues: Mutex<HashMap<String, mpsc::UnboundedSender<Pending>>>,
-}
-
-impl Coalescer {
-    /// Writes one job, together with the other Submits of its queue that
-    /// are waiting.
-    pub async fn submit(&self, writer: &Writer, qk: &QueueKeys, job: NewJob) -> Result<Created> {
-        let (reply, answer) = oneshot::channel();
-        let mut pending = Pending { job, reply };
-        loop {
-            let sender = {
-                let mut queues = lock(&self.queues);
-                if queues.len() > 10_000 {
-                    queues.retain(|_, s| !s.is_closed());
-                }
-                queues
-                    .entry(qk.tag().to_owned())
-                    .or_insert_with(|| spawn(writer.clone(), qk.clone()))
-                    .clone()
-            };
-            match sender.send(pending) {
-                Ok(()) => break,
-                // That task just ended (idle): start another.
-                Err(mpsc::error::SendError(back)) => {
-                    pending = back;
-                    let mut queues = lock(&self.queues);
-                    if queues.get(qk.tag()).is_some_and(|s| s.is_closed()) {
-                        queues.remove(qk.tag());
-                    }
-                }
-            }
+    async fn write(&self, qk: &QueueKeys, jobs: Vec<NewJob>) -> Result<Vec<Created>> {
+        match Writer::write(self, qk, &jobs, true).await? {
+            Ok(created) => Ok(created),
+            Err(_) => Err(Error::Corrupt(
+                "submit batch refused independent jobs together".into(),
+            )),
         }
-        answer
-            .await
-            .map_err(|_| Error::Corrupt("the submit writer stopped".into()))?
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Starts a queue's writer task.
-fn spawn(writer: Writer, qk: QueueKeys) -> mpsc::UnboundedSender<Pending> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
-    tokio::spawn(async move {
-        let mut batch = Vec::new();
-        let mut last = false;
-        while !last {
-            match tokio::time::timeout(IDLE, rx.recv()).await {
-                Ok(Some(first)) => batch.push(first),
-                // Idle: refuse new Submits (they start another task), then
-                // write any that came in meanwhile.
-                _ => {
-                    rx.close();
-                    last = true;
-                }
-            }
-            while batch.len() < COALESCE {
-                match rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
-                }
-            }
-            if batch.is_empty() {
-                continue;
-            }
-            let (jobs, replies): (Vec<NewJob>, Vec<_>) =
-                batch.drain(..).map(|p| (p.job, p.reply)).unzip();
-            match writer.write(&qk, &jobs, true).await {
-                Ok(Ok(created)) => {
-                    for (reply, c) in replies.into_iter().zip(created) {
-                        let _ = reply.send(Ok(c));
-                    }
-                }
-                Ok(Err(_)) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(Error::Corrupt(
-                            "submit batch refused independent jobs together".into(),
-                        )));
-                    }
-                }
-                Err(e) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(share(&e)));
-                    }
-                }
-            }
-        }
-    });
-    tx
-}
-
-/// The same error, for every Submit of a failed script call.
-fn share(e: &Error) -> Error {
-    match e {
-        Error::Unavailable(e) => Error::Unavailable(e.clone()),
-        Error::Redis(e) => Error::Redis(e.clone()),
-        other => Error::Corrupt(other.to_string()),
     }
 }

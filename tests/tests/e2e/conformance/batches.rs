@@ -20,6 +20,7 @@ conformance! {
     a_batch_complete_leases_the_next_jobs_in_the_same_call;
     the_client_library_submits_a_batch_all_or_nothing;
     concurrent_single_submits_are_each_answered_on_their_own, worker_threads = 4;
+    concurrent_single_completes_are_each_fenced_and_answered_on_their_own, worker_threads = 4;
 }
 
 fn keyed(payload: &str, key: &str) -> SubmitRequest {
@@ -387,4 +388,79 @@ async fn concurrent_single_submits_are_each_answered_on_their_own(backend: Backe
     for id in &plain {
         assert_eq!(get_job(&srv.job, id).await.state(), JobState::Queued);
     }
+}
+
+/// Single Completes arriving together (which the Redis store writes with
+/// one script call) keep every fencing rule of a lone Complete: each is
+/// checked against its own lease token, a stale or unknown one is refused
+/// alone and changes nothing, a repeated one is answered OK, and every job
+/// keeps its own result.
+async fn concurrent_single_completes_are_each_fenced_and_answered_on_their_own(backend: Backend) {
+    let srv = TestServer::start_on(&backend, &[]).await;
+    const JOBS: usize = 60;
+    for i in 0..JOBS {
+        submit(&srv.job, submit_request("q", "k", format!("job-{i}"))).await;
+    }
+    let mut leased = Vec::new();
+    while leased.len() < JOBS {
+        leased.extend(lease(&srv.worker, "q", 100).await);
+    }
+    // One stale job: its first attempt failed and it was leased again.
+    let zombie = leased.pop().expect("a leased job");
+    let mut fail = fail_request(&zombie, "boom", true);
+    fail.retry_after = Some(pb_duration(Duration::ZERO));
+    srv.worker().fail(fail).await.expect("fail");
+    let retried = lease_one(&srv.worker, "q").await;
+    assert_eq!(retried.job_id, zombie.job_id);
+
+    enum Want {
+        Ok(String),
+        Refused(Code),
+    }
+    let mut calls: Vec<(CompleteRequest, Want)> = Vec::new();
+    for (i, job) in leased.iter().enumerate() {
+        let result = format!("result-{}", job.job_id);
+        calls.push((
+            complete_request(job, result.as_bytes()),
+            Want::Ok(result.clone()),
+        ));
+        if i % 6 == 0 {
+            // The same call again: answered OK, the result unchanged.
+            calls.push((complete_request(job, result.as_bytes()), Want::Ok(result)));
+        }
+    }
+    calls.push((
+        complete_request(&zombie, b"zombie"),
+        Want::Refused(Code::FailedPrecondition),
+    ));
+    let mut unknown = retried.clone();
+    unknown.job_id = format!("q:{}", "01ARZ3NDEKTSV4RRFFQ69G5FAV");
+    calls.push((
+        complete_request(&unknown, b"x"),
+        Want::Refused(Code::NotFound),
+    ));
+    let answers = futures::future::join_all(calls.into_iter().map(|(request, want)| {
+        let mut client = srv.worker();
+        async move { (request.job_id.clone(), client.complete(request).await, want) }
+    }))
+    .await;
+    for (job_id, answer, want) in answers {
+        match (answer, want) {
+            (Ok(answer), Want::Ok(result)) => {
+                assert_eq!(answer.into_inner().state(), JobState::Succeeded, "{job_id}");
+                let job = get_job(&srv.job, &job_id).await;
+                assert_eq!(job.state(), JobState::Succeeded, "{job_id}");
+                assert_eq!(job.result, result.as_bytes(), "{job_id}");
+            }
+            (Err(status), Want::Refused(code)) => assert_eq!(status.code(), code, "{status:?}"),
+            (Ok(_), Want::Refused(code)) => panic!("{job_id}: completed, want {code:?}"),
+            (Err(status), Want::Ok(_)) => panic!("{job_id}: {status:?}"),
+        }
+    }
+    // The zombie's Complete changed nothing: its job still runs the retry.
+    let job = get_job(&srv.job, &zombie.job_id).await;
+    assert_eq!(job.state(), JobState::Running);
+    assert!(job.result.is_empty());
+    complete(&srv.worker, &retried, b"retried").await;
+    assert_eq!(get_job(&srv.job, &zombie.job_id).await.result, b"retried");
 }
